@@ -9,7 +9,7 @@ TORCH  ?= torch==2.13.0
 TORCH_INDEX ?=
 DEMO_ARGS ?=
 
-.PHONY: demo test install export-check nbtest pytest docs bench clean
+.PHONY: demo test install export-check readme readme-check nbtest pytest docs bench clean
 
 $(BIN)/.installed: settings.ini setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,13 +33,22 @@ export-check: install
 	  git status --short open_chatgpt 2>/dev/null; exit 1; \
 	else echo "ok: nbdev_export leaves the package unchanged"; fi
 
+# README.md is generated from nbs/index.ipynb (nbdev_readme needs quarto, so nbconvert does it)
+readme: install
+	$(BIN)/jupyter nbconvert --log-level WARN --to markdown nbs/index.ipynb --output-dir . --output README
+
+readme-check: install
+	@tmp=$$(mktemp -d); $(BIN)/jupyter nbconvert --log-level WARN --to markdown nbs/index.ipynb --output-dir $$tmp --output README; \
+	if ! cmp -s $$tmp/README.md README.md; then echo "FAIL: README.md is stale; run 'make readme' and commit"; diff $$tmp/README.md README.md | head -20; exit 1; \
+	else echo "ok: README.md matches nbs/index.ipynb"; fi
+
 nbtest: install
 	PATH=$(BIN):$$PATH $(BIN)/nbdev_test --n_workers 2 --timing
 
 pytest: install
 	$(BIN)/python -m pytest -q tests
 
-test: export-check nbtest pytest
+test: export-check readme-check nbtest pytest
 
 clean:
 	rm -rf $(VENV) _docs _proc _site

@@ -46,13 +46,13 @@ def read_jsonl(path: str | Path) -> list[dict]:
 ASSISTANT = "\n\nAssistant:"
 HUMAN = "\n\nHuman:"
 
-def split_prompt_response(transcript: str) -> tuple[str, str]:
+def split_prompt_response(transcript: str, where: str = "record") -> tuple[str, str]:
     "Split an HH transcript at its last `Assistant:` turn into (prompt, response)."
     if not isinstance(transcript, str):
-        raise ValueError(f"expected a transcript string, got {type(transcript).__name__}: {transcript!r:.80}")
+        raise ValueError(f"{where}: expected a transcript string, got {type(transcript).__name__}: {transcript!r:.80}")
     i = transcript.rfind(ASSISTANT)
     if i < 0:
-        raise ValueError(f"no '\\n\\nAssistant:' turn in transcript {transcript[:80]!r}...; "
+        raise ValueError(f"{where}: no '\\n\\nAssistant:' turn in transcript {transcript[:80]!r}...; "
                          "HH-RLHF transcripts alternate '\\n\\nHuman:' and '\\n\\nAssistant:' turns")
     j = i + len(ASSISTANT)
     return transcript[:j], transcript[j:]
@@ -77,8 +77,8 @@ def parse_hh(rec: dict, where: str = "record") -> dict:
     "Parse an Anthropic HH-RLHF record (`chosen`/`rejected` transcripts) into `prompt`, `chosen`, `rejected`."
     _require(rec, ("chosen", "rejected"), where,
              "A preference record needs 'chosen' and 'rejected' (HH-RLHF) or 'prompt'/'chosen'/'rejected'.")
-    pc, chosen = split_prompt_response(check_text(rec["chosen"], "chosen", where))
-    pr, rejected = split_prompt_response(check_text(rec["rejected"], "rejected", where))
+    pc, chosen = split_prompt_response(check_text(rec["chosen"], "chosen", where), where)
+    pr, rejected = split_prompt_response(check_text(rec["rejected"], "rejected", where), where)
     if pc != pr:
         raise ValueError(f"{where}: 'chosen' and 'rejected' transcripts differ before the last Assistant turn, "
                          "so they do not share a prompt; fix or drop this record")
@@ -124,16 +124,16 @@ def tldr_sft_adapter(rec: dict, where: str = "record") -> dict:
 
 def pairs_adapter(rec: dict, where: str = "record") -> dict:
     "Check a record already in `prompt`, `chosen`, `rejected` form (HH-style transcripts are parsed)."
-    if isinstance(rec, dict) and "prompt" not in rec: return parse_hh(rec, where)
+    if isinstance(rec, dict) and rec.get("prompt") is None: return parse_hh(rec, where)  # HH-style transcripts
     _require(rec, ("prompt", "chosen", "rejected"), where,
              "A preference record needs 'chosen' and 'rejected' (HH-RLHF) or 'prompt'/'chosen'/'rejected'.")
     return {k: check_text(rec[k], k, where) for k in ("prompt", "chosen", "rejected")}
 
 def sft_adapter(rec: dict, where: str = "record") -> dict:
     "Check a demonstration record: `prompt`+`response`; a preference record yields its `chosen` response."
-    if isinstance(rec, dict) and "response" not in rec and "chosen" in rec:
+    if isinstance(rec, dict) and rec.get("response") is None and rec.get("chosen") is not None:
         p = pairs_adapter(rec, where); return dict(prompt=p["prompt"], response=p["chosen"])
-    if isinstance(rec, dict) and "response" not in rec and ("label" in rec or "completion" in rec):
+    if isinstance(rec, dict) and rec.get("response") is None and ("label" in rec or "completion" in rec):
         return tldr_sft_adapter(rec, where)
     _require(rec, ("prompt", "response"), where, "A demonstration needs 'prompt' and 'response'.")
     return dict(prompt=check_text(rec["prompt"], "prompt", where), response=check_text(rec["response"], "response", where))
