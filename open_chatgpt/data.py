@@ -11,7 +11,7 @@ __all__ = ['ASSETS', 'HH_SAMPLE', 'TOKENIZER_FILE', 'ASSISTANT', 'HUMAN', 'ADAPT
            'sample_texts', 'get_tokenizer', 'truncate_left', 'SFTCollator', 'PairwiseCollator', 'PromptCollator',
            'token_lengths', 'plot_lengths', 'summary']
 
-# %% ../nbs/01_data.ipynb
+# %% ../nbs/01_data.ipynb #d51a9f2f
 import gzip
 import hashlib
 import json
@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Optional
 import torch
 from datasets import Dataset
 
-# %% ../nbs/01_data.ipynb
+# %% ../nbs/01_data.ipynb #ef721dc6
 ASSETS = Path(__file__).parent / "assets" if "__file__" in globals() else Path("../open_chatgpt/assets")
 HH_SAMPLE = ASSETS / "hh-rlhf" / "harmless-base-pairs.jsonl.gz"  # 2,012 HH-RLHF pairs, MIT licence beside it
 TOKENIZER_FILE = ASSETS / "tokenizer.json"  # the embedded default's byte-level BPE
@@ -35,14 +35,14 @@ def is_quick() -> bool:
     if v is not None: return v.strip().lower() not in ("0", "", "false", "no")
     return bool(os.environ.get("IN_TEST")) or bool(os.environ.get("CI"))
 
-# %% ../nbs/01_data.ipynb
+# %% ../nbs/01_data.ipynb #552657a1
 def read_jsonl(path: str | Path) -> list[dict]:
     "Read a `.jsonl` or `.jsonl.gz` file into a list of dicts."
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as f:
         return [json.loads(l) for l in f if l.strip()]
 
-# %% ../nbs/01_data.ipynb
+# %% ../nbs/01_data.ipynb #a8d6bbd1
 ASSISTANT = "\n\nAssistant:"
 HUMAN = "\n\nHuman:"
 
@@ -57,7 +57,7 @@ def split_prompt_response(transcript: str, where: str = "record") -> tuple[str, 
     j = i + len(ASSISTANT)
     return transcript[:j], transcript[j:]
 
-# %% ../nbs/01_data.ipynb
+# %% ../nbs/01_data.ipynb #066618c9
 def check_text(value, field: str, where: str = "record") -> str:
     "Return `value` if it is a non-empty string, else raise a ValueError naming `field` and `where`."
     if not isinstance(value, str):
@@ -85,7 +85,7 @@ def parse_hh(rec: dict, where: str = "record") -> dict:
     check_text(chosen, "chosen response", where); check_text(rejected, "rejected response", where)
     return dict(prompt=pc, chosen=chosen, rejected=rejected)
 
-# %% ../nbs/01_data.ipynb
+# %% ../nbs/01_data.ipynb #b3f66875
 def hh_prompt(text: str) -> str:
     "Wrap a user message as a one-turn HH-style prompt ending with the Assistant marker."
     return f"{HUMAN} {text.strip()}{ASSISTANT}"
@@ -138,7 +138,7 @@ def sft_adapter(rec: dict, where: str = "record") -> dict:
     _require(rec, ("prompt", "response"), where, "A demonstration needs 'prompt' and 'response'.")
     return dict(prompt=check_text(rec["prompt"], "prompt", where), response=check_text(rec["response"], "response", where))
 
-# %% ../nbs/01_data.ipynb
+# %% ../nbs/01_data.ipynb #d40c268d
 ADAPTERS: dict[str, Callable] = {  # hub name -> adapter for comparisons
     "Anthropic/hh-rlhf": pairs_adapter,
     "stanfordnlp/SHP": shp_adapter,
@@ -223,7 +223,7 @@ def load_prompts(name_or_path: str = "sample", split: str = "train", **kw) -> Da
     "RL prompts with a `prompt` column (from preference data: each distinct prompt once)."
     return load_records(name_or_path, "prompts", split, **kw)
 
-# %% ../nbs/01_data.ipynb
+# %% ../nbs/01_data.ipynb #0a4d3047
 TEST_FRACTION = 0.2  # share of prompts in the embedded sample's test split
 
 def prompt_split(prompt: str, test_fraction: float = TEST_FRACTION) -> str:
@@ -269,7 +269,7 @@ def sample_prompts(split: str = "train", max_chars: int = 400) -> Dataset:
     "RL prompts from the embedded sample: distinct prompts of that split up to `max_chars` characters."
     return prompts_from_pairs(sample_pairs(split), max_chars=max_chars)
 
-# %% ../nbs/01_data.ipynb
+# %% ../nbs/01_data.ipynb #718e0d27
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2):
@@ -306,7 +306,7 @@ def get_tokenizer(path: Optional[str] = None):
     if tok.pad_token is None: tok.pad_token = tok.eos_token  # GPT-2, OPT-style models ship without a pad token
     return tok
 
-# %% ../nbs/01_data.ipynb
+# %% ../nbs/01_data.ipynb #99fe05b3
 def truncate_left(prompt_ids: list[int], response_ids: list[int], max_length: int) -> tuple[list[int], list[int]]:
     "Cut `prompt + response` to `max_length` tokens from the left: oldest prompt tokens first, then the response start."
     if max_length < 1: raise ValueError(f"max_length must be >= 1, got {max_length}")
@@ -315,7 +315,7 @@ def truncate_left(prompt_ids: list[int], response_ids: list[int], max_length: in
     cut_p = min(excess, len(prompt_ids))
     return prompt_ids[cut_p:], response_ids[excess - cut_p:]
 
-# %% ../nbs/01_data.ipynb
+# %% ../nbs/01_data.ipynb #aadb8c85
 def _pad(seqs: list[list[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
     n = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)  # (batch, seq)
@@ -344,7 +344,7 @@ class SFTCollator:
         lab, _ = _pad(labels, -100)
         return dict(input_ids=input_ids, attention_mask=attention_mask, labels=lab)  # each (batch, seq)
 
-# %% ../nbs/01_data.ipynb
+# %% ../nbs/01_data.ipynb #838a3fd7
 @dataclass
 class PairwiseCollator:
     "Batch `prompt`/`chosen`/`rejected` records: rows 0..B-1 chosen, B..2B-1 rejected; response ends kept."
@@ -361,7 +361,7 @@ class PairwiseCollator:
         input_ids, attention_mask = _pad(seqs, self.tokenizer.pad_token_id, self.padding_side)
         return dict(input_ids=input_ids, attention_mask=attention_mask)  # each (2*batch, seq)
 
-# %% ../nbs/01_data.ipynb
+# %% ../nbs/01_data.ipynb #a8d1c192
 @dataclass
 class PromptCollator:
     "Left-pad `prompt` records for generation, keeping each prompt's end; room is left for `max_new_tokens`."
@@ -379,7 +379,7 @@ class PromptCollator:
         input_ids, attention_mask = _pad(seqs, self.tokenizer.pad_token_id, side="left")
         return dict(input_ids=input_ids, attention_mask=attention_mask, prompt=[r["prompt"] for r in records])
 
-# %% ../nbs/01_data.ipynb
+# %% ../nbs/01_data.ipynb #57f0d6cc
 def token_lengths(ds: Dataset, tokenizer, fields: Iterable[str] = ("prompt", "chosen", "rejected")) -> dict[str, list[int]]:
     "Token length of each text of each field of `ds`."
     return {f: [len(x) for x in tokenizer(list(ds[f]), add_special_tokens=False)["input_ids"]] for f in fields}
@@ -395,7 +395,7 @@ def plot_lengths(lengths: dict[str, list[int]], max_length: Optional[int] = None
     ax.set_xscale("log"); ax.set_xlabel("tokens"); ax.set_ylabel("records"); ax.legend(); ax.set_title("token lengths")
     return ax
 
-# %% ../nbs/01_data.ipynb
+# %% ../nbs/01_data.ipynb #10b7fbee
 def summary(tokenizer=None, max_length: int = 256) -> str:
     "A text summary of the embedded sample: sizes, splits, token lengths, what truncation will cut."
     import numpy as np
