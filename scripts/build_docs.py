@@ -250,8 +250,9 @@ def clean_for_site(nb, failure: str | None = None):
                 md = md if isinstance(md, str) else "".join(md)
                 o["data"]["text/markdown"] = _SOURCE_LINK.sub("", md)  # nbdev's link to GitHub (+ quarto attrs)
     if failure:
+        err = html.escape(re.sub(r"\x1b\[[0-9;]*m", "", failure)[-3000:]).replace("\n", "&#10;")  # one line: no markdown inside
         msg = ("<div class='site-build-error'><b>This page failed to build.</b> A cell raised an error while the "
-               f"notebook ran in quick mode:<pre>{html.escape(failure[:3000])}</pre></div>")
+               f"notebook ran in quick mode:<pre>{err}</pre></div>")
         nb.cells.insert(0, nbformat.v4.new_markdown_cell(msg))
     return nb
 
@@ -309,6 +310,15 @@ def _fix_links(body: str, local_pages: set[str]) -> str:
     return re.sub(r'(href)="([^"]+)"', sub, body)
 
 
+def _number_figures(body: str) -> str:
+    "Plots get an anchor (`#fig-1`, ...) and an alt text instead of nbconvert's 'No description...'."
+    n = 0
+    def sub(m):
+        nonlocal n; n += 1
+        return f'<img id="fig-{n}" alt="Figure {n}"'
+    return re.sub(r'<img alt="No description has been provided for this image"', sub, body)
+
+
 def render_pages(pages: list[dict], out: Path):
     "pages: dicts with nb, href, title; writes each page with the sidebar."
     exporter = make_exporter()
@@ -322,6 +332,7 @@ def render_pages(pages: list[dict], out: Path):
         nb.metadata["title"] = page["title"] if page["href"] == "index.html" else f"{page['title']} - {SITE_TITLE}"
         body, _ = exporter.from_notebook_node(nb, resources={"site": {"root": root, "nav": nav, "title": SITE_TITLE}})
         body = _fix_links(body, local)
+        body = _number_figures(body)
         body = body.replace("<!--SITE_TOC-->", _toc_html(body), 1)
         dest = out / page["href"]
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -235,7 +235,7 @@ def test_pages_render_in_chromium(site, browser, server):
             assert "<mjx-merror" not in dom, f"{href}: MathJax reports a TeX error"
             text = re.sub(r"<(script|style|pre|code)[^>]*>.*?</\1>", "", dom, flags=re.S)
             assert "$$" not in re.sub(r"<[^>]+>", "", text), f"{href}: raw $$ TeX left in the page"
-            imgs = re.findall(r'<img[^>]+src="(data:image/png;base64,[^"]{200,})"', dom)
+            imgs = re.findall(r'<img id="fig-\d+"[^>]+src="(data:image/png;base64,[^"]{200,})"', dom)
             assert imgs, f"{href}: no plot (PNG image) on the page"
         png = shots / f"{name}.png"
         _run_chromium(browser, f"--screenshot={png}", "--window-size=1280,2000", f"{url}/{href}")
