@@ -1,0 +1,182 @@
+"PPO trainer (chapter 5): rollout details, determinism, kill-and-resume, bad input."
+import json, math
+from pathlib import Path
+
+import pytest
+import torch
+
+from open_chatgpt.data import get_tokenizer, sample_prompts, train_tokenizer
+from open_chatgpt.models import tiny_model
+from open_chatgpt.ppo import (PPOConfig, Critic, PolicyAndValue, evaluate_policy, forward_logprobs_values,
+                              make_ppo_models, read_metrics, reward_model_fn, rollout, score, sentiment_reward_fn,
+                              train_ppo, truncate_after_eos)
+
+TOK = get_tokenizer()
+PROMPTS = list(sample_prompts("train")["prompt"][:24])
+
+
+def tiny(seed=0):
+    return tiny_model("gpt2", TOK, seed=seed, d=32, n_layer=1, n_head=2).eval()
+
+
+def cfg(**kw):
+    base = dict(batch_size=4, mini_batch_size=2, ppo_epochs=1, max_new_tokens=6, max_prompt_length=24, total_steps=4,
+                save_every=2, learning_rate=1e-3, init_kl_coef=0.1, target=1.0, horizon=50)
+    return PPOConfig(**{**base, **kw})
+
+
+def length_reward(prompts, responses):  # a cheap deterministic reward: longer responses score higher
+    return torch.tensor([len(r) / 10.0 for r in responses])
+
+
+def run(out=None, model_seed=0, **kw):
+    c = cfg(output_dir=str(out) if out else None, **{k: v for k, v in kw.items() if k in PPOConfig.__dataclass_fields__})
+    pv, ref = make_ppo_models(tiny(model_seed), TOK, critic_init="sft", shared_backbone=c.shared_backbone)
+    rest = {k: v for k, v in kw.items() if k not in PPOConfig.__dataclass_fields__}
+    return train_ppo(pv, ref, TOK, rest.pop("reward_fn", length_reward), PROMPTS, c, progress=False, **rest), pv
+
+
+def no_time(rows):
+    return json.dumps([{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows])
+
+
+def test_truncate_after_eos_keeps_first_eos_only():
+    r = torch.tensor([[3, 0, 4, 0], [0, 5, 5, 5], [7, 7, 7, 7]])
+    resp, m, has = truncate_after_eos(r, eos_token_id=0, pad_token_id=1)
+    assert resp.tolist() == [[3, 0, 1, 1], [0, 1, 1, 1], [7, 7, 7, 7]]
+    assert m.tolist() == [[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]]
+    assert has.tolist() == [True, True, False]
+
+
+def test_rollout_left_padding_and_logprobs_match_unpadded():
+    model, c = tiny(), cfg(max_new_tokens=8)
+    batch = rollout(model, TOK, PROMPTS[:4], c, do_sample=False)
+    assert (batch["query_mask"][:, -1] == 1).all()                       # left padded: every prompt ends in the last column
+    assert not (batch["response"][batch["response_mask"] == 0] != TOK.pad_token_id).any()
+    for i in range(4):
+        alone = rollout(model, TOK, PROMPTS[i:i + 1], c, do_sample=False)
+        assert alone["responses"][0] == batch["responses"][i]
+    ids = torch.cat([batch["query"], batch["response"]], 1); am = torch.cat([batch["query_mask"], batch["response_mask"]], 1)
+    lp, _, _ = forward_logprobs_values(model, ids, am, batch["query"].shape[1])
+    i = int(batch["query_mask"].sum(1).argmin()); keep = am[i].bool()
+    lp1, _, _ = forward_logprobs_values(model, ids[i:i + 1, keep], am[i:i + 1, keep], int(batch["query_mask"][i].sum()))
+    n = int(batch["response_mask"][i].sum())
+    torch.testing.assert_close(lp[i, :n], lp1[0, :n], atol=1e-4, rtol=1e-4)
+
+
+def test_deterministic_with_seed_and_different_with_other_seed():
+    a, _ = run(seed=3); b, _ = run(seed=3); c, _ = run(seed=4)
+    assert no_time(a) == no_time(b)
+    assert no_time(a) != no_time(c)
+
+
+def test_kill_and_resume_gives_every_step_once_and_same_result(tmp_path):
+    full, pv_full = run(tmp_path / "full", total_steps=5)
+    d = tmp_path / "killed"
+    part, _ = run(d, total_steps=5, stop_after_steps=3)          # step 3 logged, its checkpoint never written
+    assert [r["step"] for r in read_metrics(d / "metrics.jsonl")] == [1, 2, 3]
+    resumed, pv_res = run(d, total_steps=5, resume=True)
+    rows = read_metrics(d / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert no_time(rows) == no_time(full)
+    for (k, a), (_, b) in zip(pv_full.state_dict().items(), pv_res.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert (d / "metrics.csv").read_text().count("\n") == 6 and (d / "reward_kl.png").exists()
+
+
+def test_nan_reward_raises_before_update_and_keeps_checkpoint(tmp_path):
+    calls = []
+    def flaky(prompts, responses):
+        calls.append(1)
+        return torch.full((len(responses),), float("nan") if len(calls) == 3 else 0.5)
+    with pytest.raises(ValueError, match="non-finite"):
+        run(tmp_path, total_steps=5, reward_fn=flaky)
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]
+    assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["step"] == 2
+    assert not [p for p in tmp_path.rglob(".*") if p.is_file()]          # no temporary files left behind
+
+
+def high_id_reward(prompts, responses, batch):  # token-level: share of response tokens in the upper half of the vocab
+    m = batch["response_mask"].float()
+    return ((batch["response"] >= 2048).float() * m).sum(1) / m.sum(1)
+
+
+def test_ppo_raises_the_reward_and_adaptive_kl_coef_reacts(monkeypatch):
+    base = tiny
+    def peaked(seed=0):  # a random model with large logits: few likely tokens per position, so 12 steps can move it
+        m = base(seed)
+        with torch.no_grad(): m.transformer.wte.weight.mul_(30)
+        return m
+    monkeypatch.setitem(globals(), "tiny", peaked)
+    hist, _ = run(total_steps=12, batch_size=8, mini_batch_size=4, ppo_epochs=2, learning_rate=3e-3, max_new_tokens=10,
+                  reward_fn=high_id_reward)
+    first = sum(h["env/reward_mean"] for h in hist[:3]) / 3
+    last = sum(h["env/reward_mean"] for h in hist[-3:]) / 3
+    assert last > first + 0.05, (first, last)
+    assert hist[-1]["objective/kl"] > 0 and hist[-1]["objective/kl_coef"] != hist[0]["objective/kl_coef"]
+    for k in ["objective/scores", "objective/kl", "objective/entropy", "objective/kl_coef", "losses/policy_loss",
+              "losses/value_loss", "policy/clipfrac", "policy/approxkl", "val/clipfrac", "val/explained_variance",
+              "response/length", "time/rollout", "time/update", "env/reward_mean", "env/reward_std"]:
+        assert k in hist[-1], k
+
+
+def test_early_stop_on_target_kl_and_shared_backbone():
+    hist, pv = run(total_steps=2, ppo_epochs=4, target_kl=1e-9, learning_rate=1e-2, shared_backbone=True)
+    assert pv.shared and hist[-1]["ppo/early_stop"] == 1 and hist[-1]["ppo/updates"] < 4 * 2
+
+
+def test_missing_eos_penalty_and_bad_scores():
+    b = dict(prompts=["a", "b"], responses=["x", "y"], has_eos=torch.tensor([True, False]))
+    raw, s = score(lambda p, r: torch.tensor([1.0, 1.0]), b, cfg(missing_eos_penalty=2.0))
+    assert s.tolist() == [1.0, -1.0] and raw.tolist() == [1.0, 1.0]
+    with pytest.raises(ValueError, match="one score per response"):
+        score(lambda p, r: torch.zeros(3), b)
+
+
+def test_config_that_cannot_fit_the_context():
+    pv, ref = make_ppo_models(tiny(), TOK, critic_init="sft")
+    with pytest.raises(ValueError, match="does not fit"):
+        train_ppo(pv, ref, TOK, length_reward, PROMPTS, cfg(max_prompt_length=500, max_new_tokens=100), progress=False)
+    with pytest.raises(ValueError, match="multiple of"):
+        cfg(batch_size=5).validate()
+
+
+class TextRM(torch.nn.Module):
+    "A stand-in reward model with its own (different) tokenizer: scores the number of its tokens."
+    def __init__(self, tokenizer):
+        super().__init__(); self.tokenizer, self.seen = tokenizer, []
+    def score_texts(self, texts, batch_size=16, max_length=512):
+        self.seen += list(texts)
+        return torch.tensor([float(len(self.tokenizer(t)["input_ids"])) for t in texts])
+
+
+def test_reward_model_with_a_different_tokenizer_scores_decoded_text():
+    other = train_tokenizer(PROMPTS * 3, vocab_size=300)
+    rm = TextRM(other)
+    fn = reward_model_fn(rm, TOK)
+    batch = rollout(tiny(), TOK, PROMPTS[:3], cfg(), do_sample=False)
+    raw, _ = score(fn, batch)
+    assert raw.shape == (3,) and rm.seen[0].startswith(PROMPTS[0]) and rm.seen[0].endswith(other.eos_token)
+    # a critic cannot start from a reward model whose vocabulary differs from the policy's
+    rm_model = type("RM", (torch.nn.Module,), {})()
+    torch.nn.Module.__init__(rm_model)
+    rm_model.backbone = tiny_model("gpt2", other, d=32, n_layer=1, n_head=2); rm_model.head = torch.nn.Linear(32, 1)
+    with pytest.raises(ValueError, match="vocabulary"):
+        make_ppo_models(tiny(), TOK, rm_model, critic_init="reward")
+
+
+def test_critic_from_reward_model_copies_backbone_and_head():
+    rm = torch.nn.Module(); rm.backbone = tiny(1); rm.head = torch.nn.Linear(32, 1)
+    critic = Critic.from_reward_model(rm)
+    torch.testing.assert_close(critic.v_head.weight, rm.head.weight)
+    assert critic.v_head is not rm.head
+
+
+def test_sentiment_reward_and_evaluate_policy():
+    fn = sentiment_reward_fn()
+    assert fn(["p"], ["What a wonderful, happy day!"])[0] > 0.5 and fn(["p"], ["terrible awful"])[0] < -0.5
+    pv, ref = make_ppo_models(tiny(), TOK, critic_init="sft")
+    ev = evaluate_policy(pv, TOK, fn, PROMPTS[:6], cfg(), ref_policy=ref, batch_size=4)
+    assert ev["n"] == 6 and abs(ev["kl"]) < 1e-4 and len(ev["samples"]) == 6
+    ev2 = evaluate_policy(pv, TOK, fn, PROMPTS[:6], cfg(), batch_size=4)
+    assert ev2["reward_mean"] == ev["reward_mean"]                        # fixed evaluation seed
