@@ -1,0 +1,78 @@
+"The pipeline (chapter 6) and the `open-chatgpt` command: end to end at toy size, kill -9 and resume, bad input."
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+
+import pytest
+
+from open_chatgpt.pipeline import PipelineConfig, QUICK_RUN, chat, main, run_ppo
+from open_chatgpt.ppo import read_metrics
+
+TOY = ["--quick", "--set", "n_eval_prompts=4"]
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    "One finished toy pipeline run through the console entry point."
+    out = tmp_path_factory.mktemp("run")
+    assert main(["pipeline", "-o", str(out), *TOY]) == 0
+    return out
+
+
+def test_pipeline_writes_every_stage(done):
+    for f in ["sft/config.json", "sft/metrics.jsonl", "sft/loss.png", "reward/metrics.jsonl", "reward/eval.json",
+              "ppo/policy/config.json", "ppo/metrics.jsonl", "ppo/metrics.csv", "ppo/reward_kl.png",
+              "ppo/checkpoints/last.pt", "summary.json", "pipeline_config.json"]:
+        assert (done / f).exists(), f
+    s = json.loads((done / "summary.json").read_text())
+    n = QUICK_RUN["ppo"]["total_steps"]
+    assert s["steps"] == n and s["held_out_reward"]["n"] == 4 and "end" in s["kl_to_reference"]
+    assert [r["step"] for r in read_metrics(done / "ppo" / "metrics.jsonl")] == list(range(1, n + 1))
+    assert not [p for p in done.rglob(".*")]                            # no temporary files or directories left
+
+
+def test_chat_answers(done):
+    reply, history = chat(str(done / "ppo" / "policy"), "Hello, who are you?", max_new_tokens=8)
+    assert isinstance(reply, str) and history == [("Hello, who are you?", reply)]
+    reply2, history = chat(str(done / "ppo" / "policy"), "And then?", history, max_new_tokens=8)
+    assert len(history) == 2
+
+
+def test_sigkill_mid_ppo_then_resume(tmp_path):
+    n = 12
+    args = ["pipeline", "-o", str(tmp_path), *TOY, "--ppo-steps", str(n), "--set", "ppo.save_every=2",
+            "--set", "ppo.batch_size=8", "--set", "ppo.max_new_tokens=16"]
+    code = "import sys; from open_chatgpt.pipeline import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics, deadline = tmp_path / "ppo" / "metrics.jsonl", time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(read_metrics(metrics)) >= 3: break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL); proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    logged = [r["step"] for r in read_metrics(metrics)]
+    assert 3 <= len(logged) < n and not (tmp_path / "summary.json").exists()
+    assert main(args + ["--resume"]) == 0
+    assert [r["step"] for r in read_metrics(metrics)] == list(range(1, n + 1))      # every step exactly once
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == n
+
+
+def test_config_that_cannot_fit_fails_clearly_and_writes_nothing(done, tmp_path, capsys):
+    before = sorted(p.name for p in (done / "ppo").iterdir())
+    rc = main(["ppo", "-o", str(done), *TOY, "--set", "ppo.max_prompt_length=600", "--set", "ppo.max_new_tokens=64"])
+    assert rc == 2 and "does not fit" in capsys.readouterr().err
+    assert sorted(p.name for p in (done / "ppo").iterdir()) == before
+    assert main(["pipeline", "-o", str(tmp_path), "--set", "ppo.lr=1"]) == 2          # misspelt field
+    assert "no field" in capsys.readouterr().err and not (tmp_path / "sft").exists()
+    rc = main(["pipeline", "-o", str(tmp_path), "--set", "ppo.max_prompt_length=600"])
+    assert rc == 2 and "does not fit" in capsys.readouterr().err and not (tmp_path / "sft").exists()
+    assert main(["pipeline", "-o", str(tmp_path), "--config", str(tmp_path / "missing.json")]) == 2
+    assert main(["ppo", "-o", str(tmp_path / "empty")]) == 2 and "run it first" in capsys.readouterr().err
+
+
+def test_config_file_and_overrides(tmp_path):
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"data": "sample", "ppo": {"learning_rate": 0.001}, "sft": {"max_steps": 3}}))
+    c = PipelineConfig.from_file(p).set("ppo.batch_size=4")
+    assert c.ppo == {"learning_rate": 0.001, "batch_size": 4} and c.sft == {"max_steps": 3}
+    p.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"): PipelineConfig.from_file(p)
