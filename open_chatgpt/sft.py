@@ -10,7 +10,7 @@ __all__ = ['IGNORE_INDEX', 'CKPT_PREFIX', 'STATE_FILE', 'DEEPSPEED_ZERO2', 'sft_
            'load_checkpoint', 'resolve_precision', 'make_optimizer', 'train_sft', 'plot_history', 'sft_training_args',
            'train_sft_trainer']
 
-# %% ../nbs/02_sft.ipynb #3b8379e3
+# %% ../nbs/02_sft.ipynb #30d7cd78
 import json
 import math
 import random
@@ -27,7 +27,7 @@ from datasets import Dataset
 
 from .data import SFTCollator, PromptCollator, get_tokenizer, is_quick, sample_sft
 
-# %% ../nbs/02_sft.ipynb #16f57c44
+# %% ../nbs/02_sft.ipynb #86086528
 IGNORE_INDEX = -100  # label of tokens that are not targets (prompt and padding)
 
 def sft_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -46,7 +46,7 @@ def response_tokens(labels: torch.Tensor) -> int:
     "Number of target tokens (labels not -100 after the shift) in a batch."
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
-# %% ../nbs/02_sft.ipynb #bcefada3
+# %% ../nbs/02_sft.ipynb #86aa70a3
 def tiny_policy(tokenizer, n_layer: int = 4, n_embd: int = 256, n_head: int = 4, n_positions: int = 512, seed: int = 0):
     "The embedded default policy: a small random GPT-2 (`GPT2LMHeadModel`) with `tokenizer`'s vocabulary and special ids."
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -66,7 +66,7 @@ def n_params(model, trainable: bool = False) -> int:
     "Number of (trainable) parameters, counting tied weights once."
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)
 
-# %% ../nbs/02_sft.ipynb #85c9a834
+# %% ../nbs/02_sft.ipynb #8d238e13
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
 def _base_model(model):
@@ -111,7 +111,7 @@ def set_special_ids(model, tokenizer):
         if getattr(cfg, "eos_token_id", None) is None and tokenizer.eos_token_id is not None: cfg.eos_token_id = tokenizer.eos_token_id
     return model
 
-# %% ../nbs/02_sft.ipynb #081cf46b
+# %% ../nbs/02_sft.ipynb #39af457e
 @dataclass
 class LoraSettings:
     "LoRA adapters for `load_policy`: the base weights freeze, only the low-rank updates B @ A train."
@@ -132,7 +132,7 @@ def add_lora(model, lora: Union[LoraSettings, dict]):
         raise ValueError(f"cannot add LoRA to a {model.config.model_type} model: {e}. "
                          "Name the modules to adapt: LoraSettings(target_modules=[...])") from e
 
-# %% ../nbs/02_sft.ipynb #dedc9222
+# %% ../nbs/02_sft.ipynb #caff61db
 def load_policy(name_or_path: str, tokenizer=None, dtype=None, lora: Union[LoraSettings, dict, None] = None, **kw):
     "Load a causal LM from the hub, a local directory or a known short name; optional LoRA adapters."
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -159,7 +159,7 @@ def load_policy(name_or_path: str, tokenizer=None, dtype=None, lora: Union[LoraS
     if lora is not None: model = add_lora(model, lora)
     return model
 
-# %% ../nbs/02_sft.ipynb #f8e8baab
+# %% ../nbs/02_sft.ipynb #0ca41e1c
 def context_length(model) -> Optional[int]:
     "The model's context window in tokens, when its config says."
     cfg = _base_model(model).config
@@ -195,7 +195,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, do_
     finally: model.train(was_training)
     return out
 
-# %% ../nbs/02_sft.ipynb #26e01080
+# %% ../nbs/02_sft.ipynb #2218700d
 def check_sft_data(ds, name: str = "train_ds") -> None:
     "Raise a clear ValueError unless `ds` is a non-empty data set with `prompt` and `response` columns."
     if ds is None or len(ds) == 0:
@@ -222,7 +222,7 @@ def evaluate_sft(model, tokenizer, ds, max_length: int = 256, batch_size: int = 
     loss = total / n
     return dict(loss=loss, perplexity=math.exp(min(loss, 50)), tokens=n)
 
-# %% ../nbs/02_sft.ipynb #af724d39
+# %% ../nbs/02_sft.ipynb #eda215b7
 def rouge(predictions: list[str], references: list[str], rouge_types=("rouge1", "rouge2", "rougeL", "rougeLsum"),
           use_stemmer: bool = True) -> dict:
     "Mean ROUGE F-measures of `predictions` against `references` (the `rouge_score` package; nothing downloaded)."
@@ -234,7 +234,7 @@ def rouge(predictions: list[str], references: list[str], rouge_types=("rouge1", 
     scores = [scorer.score(ref, pred) for pred, ref in zip(predictions, references)]
     return {t: sum(s[t].fmeasure for s in scores) / len(scores) for t in rouge_types}
 
-# %% ../nbs/02_sft.ipynb #5c2e59e3
+# %% ../nbs/02_sft.ipynb #5fd30ad1
 @dataclass
 class SFTConfig:
     "Settings of a supervised fine-tuning run (plain loop and Trainer path)."
@@ -279,7 +279,7 @@ class SFTConfig:
         "Warm-up length in steps."
         return int(self.warmup * total) if self.warmup < 1 else int(self.warmup)
 
-# %% ../nbs/02_sft.ipynb #51822b0e
+# %% ../nbs/02_sft.ipynb #6fb70f9c
 def lr_factor(step: int, total: int, warmup: int, schedule: str = "cosine") -> float:
     "Multiplier of the peak learning rate at optimiser step `step` (0-based) of `total`."
     if step < warmup: return (step + 1) / (warmup + 1)
@@ -288,7 +288,7 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str = "cosine") -> f
     if schedule == "linear": return 1.0 - progress
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))  # cosine from 1 to 0.1
 
-# %% ../nbs/02_sft.ipynb #e1bfca38
+# %% ../nbs/02_sft.ipynb #27feb72f
 def filter_sft(ds, tokenizer, max_length: int, name: str = "train_ds"):
     "Keep the demonstrations whose whole response (+ eos) fits in `max_length` beside >= 1 prompt token."
     check_sft_data(ds, name)
@@ -303,7 +303,7 @@ def filter_sft(ds, tokenizer, max_length: int, name: str = "train_ds"):
         ds = ds.select(keep)
     return ds
 
-# %% ../nbs/02_sft.ipynb #f5294a1e
+# %% ../nbs/02_sft.ipynb #ef4654ce
 def micro_batch_indices(k: int, n: int, batch_size: int, seed: int = 0) -> list[int]:
     "Indices of micro-batch `k` (counted from the start of training) of a data set of `n` examples."
     per_epoch = math.ceil(n / batch_size)
@@ -311,7 +311,7 @@ def micro_batch_indices(k: int, n: int, batch_size: int, seed: int = 0) -> list[
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
     return perm[j * batch_size:(j + 1) * batch_size].tolist()
 
-# %% ../nbs/02_sft.ipynb #de0802e2
+# %% ../nbs/02_sft.ipynb #99ce2516
 CKPT_PREFIX = "checkpoint-"
 STATE_FILE = "training_state.pt"
 
@@ -381,7 +381,7 @@ def load_checkpoint(path, model, optimizer, scheduler, scaler) -> dict:
     _set_rng_state(state["rng"])
     return state
 
-# %% ../nbs/02_sft.ipynb #b31dab7e
+# %% ../nbs/02_sft.ipynb #c2ac8760
 def resolve_precision(config: SFTConfig, device: torch.device) -> Optional[torch.dtype]:
     "The autocast dtype for `config` on `device`: bfloat16, float16 or None (float32)."
     cuda = device.type == "cuda"
@@ -400,7 +400,7 @@ def make_optimizer(model, config: SFTConfig) -> torch.optim.Optimizer:
               dict(params=[p for p in params if p.ndim < 2], weight_decay=0.0)]
     return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.95))
 
-# %% ../nbs/02_sft.ipynb #a0911b6a
+# %% ../nbs/02_sft.ipynb #b6b79c0b
 def _resolve_device(config: SFTConfig, model) -> torch.device:
     if config.device: return torch.device(config.device)
     return torch.device("cuda") if torch.cuda.is_available() else _device(model)
@@ -491,7 +491,7 @@ def train_sft(model, tokenizer, train_ds, eval_ds=None, config: Optional[SFTConf
     model.eval()
     return history
 
-# %% ../nbs/02_sft.ipynb #3491ea6e
+# %% ../nbs/02_sft.ipynb #f77b0065
 def plot_history(history: dict, ax=None, title: str = "SFT"):
     "Train and eval loss against the optimiser step."
     import matplotlib.pyplot as plt
@@ -502,7 +502,7 @@ def plot_history(history: dict, ax=None, title: str = "SFT"):
     ax.set_xlabel("optimiser step"); ax.set_ylabel("loss (nats / response token)"); ax.set_title(title); ax.legend()
     return ax
 
-# %% ../nbs/02_sft.ipynb #9c42e6b2
+# %% ../nbs/02_sft.ipynb #c66b1438
 DEEPSPEED_ZERO2 = {  # a DeepSpeed ZeRO-2 config; "auto" values are filled in by the Trainer from SFTConfig
     "zero_optimization": {"stage": 2, "overlap_comm": True, "contiguous_gradients": True},
     "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"},
