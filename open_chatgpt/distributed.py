@@ -8,7 +8,7 @@ __all__ = ['GB', 'PRECISION_BYTES', 'ZERO_LADDER', 'DS_CONFIGS', 'MODEL_SHAPES',
            'setup_distributed', 'zero_stage', 'is_partitioned', 'unwrap_for_generation', 'build_model',
            'peak_memory_gb']
 
-# %% ../nbs/07_deepspeed.ipynb #4f1eef38
+# %% ../nbs/07_deepspeed.ipynb #8f19992b
 import contextlib
 import importlib.util
 import json
@@ -19,7 +19,7 @@ from typing import Optional, Union
 
 import torch
 
-# %% ../nbs/07_deepspeed.ipynb #487aefa1
+# %% ../nbs/07_deepspeed.ipynb #43d3897f
 GB = 1e9  # the ZeRO paper's GB: 10^9 bytes
 PRECISION_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}  # bytes per weight (and per gradient) in each precision
 
@@ -74,7 +74,7 @@ def zero_memory(
     if offload_params: cpu, params = cpu + params, 0.0
     return MemoryEstimate(params, grads, optimizer, cpu)
 
-# %% ../nbs/07_deepspeed.ipynb #552d0115
+# %% ../nbs/07_deepspeed.ipynb #121adebe
 def rlhf_memory(
     actor_params: float,             # parameters of the actor (= the reference, a frozen copy of the SFT model)
     critic_params: Optional[float] = None,  # parameters of the critic (= the reward model); None: same as the actor
@@ -98,7 +98,7 @@ def total_gb(estimates: dict[str, MemoryEstimate]) -> float:
     "Sum of the GPU memory of several models' estimates, in GB."
     return sum(e.total for e in estimates.values()) / GB
 
-# %% ../nbs/07_deepspeed.ipynb #b5510c9e
+# %% ../nbs/07_deepspeed.ipynb #518e3e85
 ZERO_LADDER = [  # (stage, offload_optimizer, offload_params), from the fastest to the most frugal
     (0, False, False), (1, False, False), (2, False, False), (3, False, False), (3, True, False), (3, True, True)]
 
@@ -126,7 +126,7 @@ def pick_zero(
                      f"{budget:.0f} GB per GPU and {cpu_gb_per_gpu:.0f} GB of CPU RAM per GPU on {n_gpus} GPUs: add GPUs, use LoRA (train far fewer parameters) or a "
                      "smaller model")
 
-# %% ../nbs/07_deepspeed.ipynb #fa074bcb
+# %% ../nbs/07_deepspeed.ipynb #c3c0e67e
 def ds_config(
     stage: int = 2,
     offload_optimizer: bool = False,     # optimizer states and step in CPU RAM (ZeRO-Offload)
@@ -168,7 +168,7 @@ def write_ds_configs(out_dir: Union[str, Path]) -> list[Path]:
         (out / f"{name}.json").write_text(json.dumps(ds_config(**kw), indent=2) + "\n"); paths.append(out / f"{name}.json")
     return paths
 
-# %% ../nbs/07_deepspeed.ipynb #7b4c1cf5
+# %% ../nbs/07_deepspeed.ipynb #b9ab85c2
 def resolve_config(config: Union[str, Path, dict], micro_batch_size: int, grad_accum: int = 1,
                    gradient_clipping: float = 1.0, precision: str = "fp32", configs_dir: Union[str, Path, None] = None) -> dict:
     "A DeepSpeed config (a dict, a JSON path, or a `DS_CONFIGS` name) with every \"auto\" filled, for `deepspeed.initialize`."
@@ -189,7 +189,7 @@ def resolve_config(config: Union[str, Path, dict], micro_batch_size: int, grad_a
     for k in [k for k, v in zero.items() if v == "auto"]: zero.pop(k)  # DeepSpeed's defaults
     return cfg
 
-# %% ../nbs/07_deepspeed.ipynb #a62e0578
+# %% ../nbs/07_deepspeed.ipynb #c4b43f11
 def setup_distributed(cpu: bool = False, port: Optional[int] = None, shm_op: bool = False) -> dict:
     "Initialise DeepSpeed's process group (gloo on CPU); single-process env defaults when no launcher set them."
     if not deepspeed_available():
@@ -207,7 +207,7 @@ def setup_distributed(cpu: bool = False, port: Optional[int] = None, shm_op: boo
     if device.type == "cuda": torch.cuda.set_device(device)
     return dict(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
-# %% ../nbs/07_deepspeed.ipynb #cb16006e
+# %% ../nbs/07_deepspeed.ipynb #bd123e10
 def zero_stage(model) -> int:
     "ZeRO stage of a DeepSpeed engine (0 for a plain module)."
     return model.zero_optimization_stage() if hasattr(model, "zero_optimization_stage") else 0
@@ -230,7 +230,7 @@ def unwrap_for_generation(model, gather: bool = True):
         finally:
             if offload is not None: offload._register_deepspeed_module(offload.module)
 
-# %% ../nbs/07_deepspeed.ipynb #4acbb9a9
+# %% ../nbs/07_deepspeed.ipynb #80942b5a
 MODEL_SHAPES = {  # name -> (family, config kwargs); built from scratch with the tokenizer's vocabulary
     "tiny": ("gpt2", dict(n_layer=2, n_embd=64, n_head=2)),
     "small": ("gpt2", dict(n_layer=4, n_embd=256, n_head=4)),
