@@ -66,5 +66,11 @@ docs-test: docs
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null; }
 	OPEN_CHATGPT_DOCS_SITE=_site OPEN_CHATGPT_REQUIRE_CHROMIUM=1 $(BIN)/python -m pytest -q tests/test_docs.py
 
+# ours vs Hugging Face TRL (reward-model step, PPO step, generation, MFU, loss agreement) -> bench/results.md;
+# TRL lives in its own environment, bench/.venv (bench/setup.sh); BENCH_ARGS="--quick" for a one-minute smoke run
+bench:
+	test -x bench/.venv/bin/python || bash bench/setup.sh
+	bench/.venv/bin/python bench/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) _docs _proc _site
