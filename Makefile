@@ -67,7 +67,7 @@ docs-test: docs
 	OPEN_CHATGPT_DOCS_SITE=_site OPEN_CHATGPT_REQUIRE_CHROMIUM=1 $(BIN)/python -m pytest -q tests/test_docs.py
 
 # ours vs Hugging Face TRL (reward-model step, PPO step, generation, MFU, loss agreement) -> bench/results.md;
-# TRL lives in its own environment, bench/.venv (bench/setup.sh); BENCH_ARGS="--quick" for a one-minute smoke run
+# TRL lives in its own environment, bench/.venv (bench/setup.sh); BENCH_ARGS="--quick" for a smoke run (writes no file)
 bench:
 	test -x bench/.venv/bin/python || bash bench/setup.sh
 	bench/.venv/bin/python bench/run.py $(BENCH_ARGS)

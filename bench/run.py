@@ -528,7 +528,7 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="tiny sizes (smoke test, ~1 min)")
     p.add_argument("--only", default="all", help="comma list of: agreement,reward,ppo,generation (default all)")
-    p.add_argument("--out", default=str(HERE / "results.md"), help="Markdown results file ('' to skip)")
+    p.add_argument("--out", default=None, help="Markdown results file (default bench/results.md; --quick: none; '' to skip)")
     p.add_argument("--rm-batch-size", type=int, default=8)
     p.add_argument("--rm-max-length", type=int, default=64)
     p.add_argument("--rm-steps", type=int, default=4)
@@ -540,13 +540,16 @@ def parse_args(argv=None):
     p.add_argument("--max-prompt-length", type=int, default=48)
     p.add_argument("--gen-batch-size", type=int, default=4)
     p.add_argument("--gen-tokens", type=int, default=32)
-    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default, one per core)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (default 1: stable on a shared machine, where 2 OpenMP threads "
+                        "competing with other jobs slowed some phases 10-40x; 0: torch's default, one per core)")
     p.add_argument("--perturb", type=float, default=0.3, help="relative weight noise of the 'new' policy in the PPO check")
     a = p.parse_args(argv)
     if a.quick:
         a.repeats = min(a.repeats, 1); a.rm_batch_size, a.rm_steps, a.rm_max_length = 4, 2, 64
         a.ppo_batch_size, a.ppo_mini_batch_size, a.ppo_epochs, a.max_new_tokens = 4, 2, 1, 8
         a.gen_batch_size, a.gen_tokens = 2, 8
+    if a.out is None: a.out = "" if a.quick else str(HERE / "results.md")
     a.only = set(a.only.split(",")) if a.only != "all" else {"agreement", "reward", "ppo", "generation"}
     return a
 
