@@ -7,7 +7,7 @@ __all__ = ['RM_CONFIG', 'RM_HEAD', 'pairwise_loss', 'kwise_loss', 'prepare_rewar
            'check_pairs', 'wilson_interval', 'evaluate_reward', 'RewardConfig', 'train_reward', 'plot_reward_history',
            'plot_margins', 'fit_reward_bias', 'train_reward_trainer']
 
-# %% ../nbs/03_reward.ipynb #b8ba8c7c
+# %% ../nbs/03_reward.ipynb #827f8160
 import json
 import math
 import tempfile
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .data import PairwiseCollator, get_tokenizer, is_quick, sample_pairs, sample_sft
 from .models import hidden_size, last_token_index, model_inputs, resolve_model
 
-# %% ../nbs/03_reward.ipynb #616c7407
+# %% ../nbs/03_reward.ipynb #5bf821c1
 def pairwise_loss(
     chosen_rewards: torch.Tensor,    # (batch,) r(x, y_chosen)
     rejected_rewards: torch.Tensor,  # (batch,) r(x, y_rejected)
@@ -39,7 +39,7 @@ def pairwise_loss(
     if margin is not None: delta = delta - torch.as_tensor(margin, dtype=delta.dtype, device=delta.device)
     return -F.logsigmoid(delta).mean()
 
-# %% ../nbs/03_reward.ipynb #d1928f7c
+# %% ../nbs/03_reward.ipynb #d43164e7
 def kwise_loss(
     rewards: torch.Tensor,                  # (K,) rewards of the K responses to one prompt
     ranks: Union[Sequence, torch.Tensor],   # (K,) rank of each response: lower is better (0 or 1 = best)
@@ -64,7 +64,7 @@ def kwise_loss(
     if margin is not None: delta = delta - margin
     return -F.logsigmoid(delta)[above].sum() / n_pairs
 
-# %% ../nbs/03_reward.ipynb #a171e0ce
+# %% ../nbs/03_reward.ipynb #10035a0c
 RM_CONFIG = "reward_config.json"       # small json beside the backbone: bias, head size, backbone class
 RM_HEAD = "reward_head.safetensors"    # the v_head weights
 
@@ -161,7 +161,7 @@ class RewardModel(nn.Module):
         meta_file = Path(path) / RM_CONFIG
         if tokenizer is None:
             try: tokenizer = get_tokenizer(path)
-            except (OSError, ValueError, TypeError): tokenizer = None  # no tokenizer files: score_texts will need one
+            except Exception: tokenizer = None  # no tokenizer files (or offline): score_texts will need one
         try:
             if meta_file.exists():
                 meta = json.loads(meta_file.read_text())
@@ -177,7 +177,7 @@ class RewardModel(nn.Module):
             rm.bias.fill_(meta["bias"]); rm.bias_std = meta.get("bias_std")
         return rm.eval()
 
-# %% ../nbs/03_reward.ipynb #00b6cb54
+# %% ../nbs/03_reward.ipynb #3ba7a85c
 def check_pairs(pairs, name: str = "pairs", drop_identical: bool = False):
     "Check `prompt`/`chosen`/`rejected` records; identical chosen and rejected raise (or are dropped with a warning)."
     if pairs is None or len(pairs) == 0: raise ValueError(f"{name} is empty: the reward model needs comparisons")
@@ -199,7 +199,7 @@ def check_pairs(pairs, name: str = "pairs", drop_identical: bool = False):
         pairs = pairs.select(keep) if hasattr(pairs, "select") else [pairs[i] for i in keep]
     return pairs
 
-# %% ../nbs/03_reward.ipynb #6db36d88
+# %% ../nbs/03_reward.ipynb #55fc0094
 def wilson_interval(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
     "95% (z=1.96) Wilson score interval of a proportion k/n."
     if n <= 0: raise ValueError(f"n must be >= 1, got {n}")
@@ -233,7 +233,7 @@ def evaluate_reward(rm: RewardModel, tokenizer, pairs, batch_size: int = 32, max
     return dict(accuracy=k / n, ci_low=lo, ci_high=hi, n=n, n_ties=ties, mean_margin=m.mean().item(), loss=loss,
                 margins=m.tolist())
 
-# %% ../nbs/03_reward.ipynb #d946313b
+# %% ../nbs/03_reward.ipynb #e5a84b83
 @dataclass
 class RewardConfig:
     "Settings of a reward-model run (plain loop and Trainer path)."
@@ -273,7 +273,7 @@ class RewardConfig:
         "Warm-up length in steps."
         return int(self.warmup * total) if self.warmup < 1 else int(self.warmup)
 
-# %% ../nbs/03_reward.ipynb #6c751334
+# %% ../nbs/03_reward.ipynb #5625a82e
 def _lr_factor(step: int, total: int, warm: int) -> float:
     if step < warm: return (step + 1) / (warm + 1)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
@@ -353,7 +353,7 @@ def train_reward(rm: RewardModel, tokenizer, train_pairs, eval_pairs=None, confi
     if config.output_dir: rm.save_pretrained(config.output_dir)
     return history
 
-# %% ../nbs/03_reward.ipynb #df73df72
+# %% ../nbs/03_reward.ipynb #9064361f
 def plot_reward_history(history: dict, axes=None):
     "Training and held-out loss and pairwise accuracy against the optimiser step."
     import matplotlib.pyplot as plt
@@ -381,7 +381,7 @@ def plot_margins(margins: Sequence[float], ax=None, title: str = "held-out rewar
     ax.set_title(f"{title}: {np.mean(m > 0):.1%} > 0, mean {m.mean():.2f}")
     return ax
 
-# %% ../nbs/03_reward.ipynb #6d117d9c
+# %% ../nbs/03_reward.ipynb #832892fc
 @torch.no_grad()
 def fit_reward_bias(rm: RewardModel, tokenizer, prompts, responses: Optional[Sequence[str]] = None,
                     batch_size: int = 32, max_length: int = 256) -> tuple[float, float]:
@@ -403,7 +403,7 @@ def fit_reward_bias(rm: RewardModel, tokenizer, prompts, responses: Optional[Seq
     rm.bias.fill_(mean); rm.bias_std = std
     return mean, std
 
-# %% ../nbs/03_reward.ipynb #771f91f3
+# %% ../nbs/03_reward.ipynb #9a1e28e1
 def _trainer_class():
     from transformers import Trainer
     class RewardTrainer(Trainer):
