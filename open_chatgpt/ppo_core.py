@@ -7,14 +7,14 @@ __all__ = ['KL_ESTIMATORS', 'MAX_LOG_RATIO', 'logprobs_from_logits', 'entropy_fr
            'masked_whiten', 'kl_penalty', 'compute_rewards', 'compute_gae', 'ppo_policy_loss', 'ppo_value_loss',
            'FixedKLController', 'AdaptiveKLController']
 
-# %% ../nbs/04_ppo_core.ipynb
+# %% ../nbs/04_ppo_core.ipynb #c332a211
 import math
 from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 
-# %% ../nbs/04_ppo_core.ipynb
+# %% ../nbs/04_ppo_core.ipynb #7fabe99b
 def _as_mask(mask: torch.Tensor, like: torch.Tensor, name: str = "values") -> torch.Tensor:
     "Check `mask` has `like`'s shape and only 0/1 entries; return it as a bool tensor."
     if not isinstance(mask, torch.Tensor) or not isinstance(like, torch.Tensor):
@@ -39,7 +39,7 @@ def _require_tokens(mask: torch.Tensor, fn: str) -> None:
         raise ValueError(f"{fn}: the mask is empty (no response tokens), so there is nothing to average; "
                          "check how the response mask was built, or skip this batch")
 
-# %% ../nbs/04_ppo_core.ipynb
+# %% ../nbs/04_ppo_core.ipynb #fcd93537
 def logprobs_from_logits(
     logits: torch.Tensor,  # (batch, seq, vocab) or any (..., vocab)
     labels: torch.Tensor,  # (batch, seq) token ids, or any (...)
@@ -65,7 +65,7 @@ def logprobs_from_logits(
     if not out: return flat.new_zeros(labels.shape, dtype=out_dtype)
     return torch.cat(out).reshape(labels.shape)
 
-# %% ../nbs/04_ppo_core.ipynb
+# %% ../nbs/04_ppo_core.ipynb #885c1926
 def entropy_from_logits(
     logits: torch.Tensor,  # (batch, seq, vocab) or any (..., vocab)
     chunk_size: int = 1024,  # rows processed at once
@@ -81,7 +81,7 @@ def entropy_from_logits(
     if not out: return flat.new_zeros(logits.shape[:-1], dtype=out_dtype)
     return torch.cat(out).reshape(logits.shape[:-1])
 
-# %% ../nbs/04_ppo_core.ipynb
+# %% ../nbs/04_ppo_core.ipynb #abdfef6f
 def masked_mean(
     values: torch.Tensor,  # (batch, seq)
     mask: torch.Tensor,  # (batch, seq), 1 = response token
@@ -127,7 +127,7 @@ def masked_whiten(
     if not shift_mean: whitened = whitened + mean
     return torch.where(m, whitened, torch.zeros_like(whitened))
 
-# %% ../nbs/04_ppo_core.ipynb
+# %% ../nbs/04_ppo_core.ipynb #4f78bfc0
 KL_ESTIMATORS = ("k1", "k2", "k3")
 
 def kl_penalty(
@@ -143,7 +143,7 @@ def kl_penalty(
     if kind == "k3": return torch.expm1(-log_ratio) + log_ratio  # (rho - 1) - log rho
     raise ValueError(f"unknown KL estimator {kind!r}; choose one of {KL_ESTIMATORS}")
 
-# %% ../nbs/04_ppo_core.ipynb
+# %% ../nbs/04_ppo_core.ipynb #f70c6ad1
 def compute_rewards(
     scores: torch.Tensor,  # (batch,) reward-model score of each response
     logprobs: torch.Tensor,  # (batch, seq) policy log-probs of the response tokens
@@ -171,7 +171,7 @@ def compute_rewards(
     rewards[torch.arange(m.shape[0], device=m.device), last] += scores.to(rewards.dtype)
     return rewards, non_score_reward, kl
 
-# %% ../nbs/04_ppo_core.ipynb
+# %% ../nbs/04_ppo_core.ipynb #f812ca69
 def compute_gae(
     rewards: torch.Tensor,  # (batch, seq) per-token rewards, e.g. from `compute_rewards`
     values: torch.Tensor,  # (batch, seq) value-head predictions V_t at the rollout
@@ -197,7 +197,7 @@ def compute_gae(
     returns = advantages + values
     return advantages, returns
 
-# %% ../nbs/04_ppo_core.ipynb
+# %% ../nbs/04_ppo_core.ipynb #23e68570
 MAX_LOG_RATIO = 20.0  # |logprobs - old_logprobs| is clamped to this before exp(), keeping the loss finite
 
 def ppo_policy_loss(
@@ -231,7 +231,7 @@ def ppo_policy_loss(
         }
     return loss, {k: v.detach() for k, v in stats.items()}
 
-# %% ../nbs/04_ppo_core.ipynb
+# %% ../nbs/04_ppo_core.ipynb #bfef3dc2
 def ppo_value_loss(
     values: torch.Tensor,  # (batch, seq) value predictions of the current value head (with grad)
     old_values: torch.Tensor,  # (batch, seq) value predictions at rollout time
@@ -265,7 +265,7 @@ def ppo_value_loss(
         }
     return loss, {k: v.detach() for k, v in stats.items()}
 
-# %% ../nbs/04_ppo_core.ipynb
+# %% ../nbs/04_ppo_core.ipynb #e0785fda
 class FixedKLController:
     "A constant KL coefficient."
     def __init__(self, kl_coef: float):
