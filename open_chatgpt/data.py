@@ -302,7 +302,8 @@ def get_tokenizer(path: Optional[str] = None):
             train_tokenizer(sample_texts("train")).backend_tokenizer.save(str(TOKENIZER_FILE))
         return _wrap(Tokenizer.from_file(str(TOKENIZER_FILE)))
     from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(path)
+    from open_chatgpt.models import resolve_model  # known short names (e.g. 'smollm2-135m-instruct') -> local directory
+    tok = AutoTokenizer.from_pretrained(resolve_model(str(path)))
     if tok.pad_token is None: tok.pad_token = tok.eos_token  # GPT-2, OPT-style models ship without a pad token
     return tok
 

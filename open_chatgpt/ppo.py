@@ -198,7 +198,8 @@ def rollout(
     policy = policy.policy if isinstance(policy, PolicyAndValue) else policy
     collate = PromptCollator(tokenizer, config.max_prompt_length, config.max_new_tokens, context_length(policy))
     batch = collate([{"prompt": p} for p in prompts])
-    query, query_mask = batch["input_ids"], batch["attention_mask"]                   # (batch, P) each, left-padded
+    device = next(policy.parameters()).device
+    query, query_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)  # (batch, P) each, left-padded
     was_training = policy.training
     policy.eval()
     sampling = dict(do_sample=True, temperature=config.temperature, top_k=config.top_k or None,
@@ -555,6 +556,7 @@ def evaluate_policy(
     ref_policy=None,  # if given, also measure KL(policy || ref) per response
     batch_size: int = 32,
     seed: int = 1234,
+    do_sample: bool = True,  # False: greedy answers (a table of what the model says)
 ) -> dict:
     "Mean/std reward of sampled responses on `prompts`, KL to `ref_policy`, mean length, and a few samples."
     policy = policy.policy if isinstance(policy, PolicyAndValue) else policy
@@ -562,7 +564,7 @@ def evaluate_policy(
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         for i in range(0, len(prompts), batch_size):
-            batch = rollout(policy, tokenizer, list(prompts[i:i + batch_size]), config)
+            batch = rollout(policy, tokenizer, list(prompts[i:i + batch_size]), config, do_sample=do_sample)
             raw, _ = score(reward_fn, batch)
             scores.append(raw); lengths.append(batch["response_mask"].sum(1).float())
             if ref_policy is not None:
