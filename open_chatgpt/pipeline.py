@@ -287,6 +287,10 @@ def format_summary(s: dict) -> str:
              f"{'KL to reference (nats/response)':34}{0.0:>10.2f}{k['end']:>10.2f}   (controller target {k['target']})",
              f"{'response length (tokens)':34}{s['response_length']['sft']:>10.1f}{s['response_length']['ppo']:>10.1f}",
              f"PPO steps: {s['steps']}; KL in training: first step {k['start']:.2f}, last step {k['train_last']:.2f}"]
+    if k.get("end") is not None and k.get("target"):
+        inside = k["end"] <= 1.2 * k["target"]
+        lines.append(f"KL at the end {k['end']:.2f} nats vs target {k['target']}: "
+                     f"{'inside' if inside else 'OUTSIDE'} the controller's band (<= 1.2 x target, its error clip)")
     if s.get("peak_rss_gib"):
         lines.append("peak RSS (GiB, process peak at the end of each stage): " +
                      ", ".join(f"{k} {v:.2f}" for k, v in s["peak_rss_gib"].items() if v is not None))

@@ -534,7 +534,7 @@ def sft_training_args(config: SFTConfig, n_examples: int, has_eval: bool = True)
         bf16=amp == torch.bfloat16, fp16=amp == torch.float16, gradient_checkpointing=config.gradient_checkpointing,
         deepspeed=config.deepspeed, seed=config.seed, data_seed=config.seed, report_to="none",
         remove_unused_columns=False, prediction_loss_only=True, dataloader_num_workers=0,
-        use_cpu=config.device == "cpu")
+        use_cpu=config.device == "cpu" and config.deepspeed is None)  # use_cpu would switch DeepSpeed off
 
 def train_sft_trainer(model, tokenizer, train_ds, eval_ds, config: SFTConfig,
                       resume_from_checkpoint: Union[str, bool, None] = None):
