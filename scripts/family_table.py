@@ -16,7 +16,7 @@ MARK = {"passed": "✅ pass", "failed": "❌ fail", "skipped": "⏭ not run"}
 
 
 def render(results: dict) -> str:
-    "Markdown table from {family: {"params": int, "class": str, stage: status}}."
+    "Markdown table from {family: {'params': int, 'class': str, stage: status}}."
     lines = ["| family | model class | tested size | " + " | ".join(n for _, n in STAGES) + " |",
              "|---|---|---|" + "---|" * len(STAGES)]
     for fam in sorted(results):
