@@ -402,7 +402,7 @@ REAL_RUN = dict(model="smollm2-135m-instruct", reward_model="minilm-l6", n_eval_
                 sft=dict(learning_rate=2e-4, max_steps=16, batch_size=8, max_length=128, eval_every=0, eval_size=64),
                 reward=dict(learning_rate=2e-4, max_steps=80, batch_size=16, max_length=128, eval_every=0),
                 ppo=dict(learning_rate=2e-4, batch_size=8, mini_batch_size=4, ppo_epochs=2, max_new_tokens=32,
-                         max_prompt_length=64, total_steps=24, save_every=4, init_kl_coef=0.05, target=2.0,
+                         max_prompt_length=64, total_steps=48, save_every=8, init_kl_coef=0.1, target=2.0, horizon=200,
                          shared_backbone=True, vf_coef=0.1))
 
 def config_from_args(args) -> PipelineConfig:
