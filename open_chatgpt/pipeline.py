@@ -222,7 +222,7 @@ def run_reward(cfg: PipelineConfig, log=print) -> Path:
 
 # %% ../nbs/06_pipeline.ipynb #17748045
 PPO_DEFAULTS = dict(learning_rate=1e-4, batch_size=32, mini_batch_size=8, ppo_epochs=4, max_new_tokens=24,
-                    max_prompt_length=96, init_kl_coef=0.05, target=6.0, horizon=1000, total_steps=40, save_every=5)
+                    max_prompt_length=96, init_kl_coef=0.1, target=6.0, horizon=200, total_steps=40, save_every=5)
 
 def _stage_rss(d: Path) -> Optional[float]:
     try: return json.loads((d / "stage.json").read_text()).get("peak_rss_gib")

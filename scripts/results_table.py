@@ -31,6 +31,10 @@ def cell(text: str, n: int = 160) -> str:
     return (text[:n] + "...") if len(text) > n else text or "(empty)"
 
 
+def steps(c: dict) -> str:
+    return f"{c['max_steps']} steps" if c.get("max_steps") else f"{c.get('epochs')} epochs"
+
+
 def render(run: Path) -> str:
     s = json.loads((run / "summary.json").read_text())
     cfg = json.loads((run / "pipeline_config.json").read_text())
@@ -43,9 +47,9 @@ def render(run: Path) -> str:
              + f", reward model `{cfg['reward_model'] or 'from the SFT model'}`, data `{cfg['data']}`; "
              f"measured on {machine()}.", "",
              "| stage | result | time | peak RSS (GiB) |", "|---|---|---|---|",
-             f"| SFT | {stages['sft']['config']['max_steps']} steps | {stages['sft']['seconds'] / 60:.1f} min | "
+             f"| SFT | {steps(stages['sft']['config'])} | {stages['sft']['seconds'] / 60:.1f} min | "
              f"{rss.get('sft') or 0:.2f} |",
-             f"| reward model | held-out accuracy {ev['accuracy']:.3f} (95% CI {ev['ci_low']:.3f}-{ev['ci_high']:.3f}, "
+             f"| reward model | {steps(stages['reward']['config'])}; held-out accuracy {ev['accuracy']:.3f} (95% CI {ev['ci_low']:.3f}-{ev['ci_high']:.3f}, "
              f"n={ev.get('n', '?')}) | {stages['reward']['seconds'] / 60:.1f} min | {rss.get('reward') or 0:.2f} |",
              f"| PPO | {s['steps']} steps; held-out reward {r['sft']:.3f} -> **{r['ppo']:.3f}** (n={r['n']}); "
              f"KL to the reference {k['end']:.2f} nats (target {k['target']}) | {s['ppo_seconds'] / 60:.1f} min | "
@@ -60,8 +64,8 @@ def render(run: Path) -> str:
     return "\n".join(lines)
 
 
-def write_index(table: str, name: str):
-    START, END = f"<!-- results-{name}:start -->", f"<!-- results-{name}:end -->"
+def write_index(table: str, name: str, start: str = None, end: str = None):
+    START, END = start or f"<!-- results-{name}:start -->", end or f"<!-- results-{name}:end -->"
     import nbformat
     p = ROOT / "nbs" / "index.ipynb"
     nb = nbformat.read(p, as_version=4)
