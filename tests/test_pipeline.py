@@ -76,3 +76,21 @@ def test_config_file_and_overrides(tmp_path):
     assert c.ppo == {"learning_rate": 0.001, "batch_size": 4} and c.sft == {"max_steps": 3}
     p.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"): PipelineConfig.from_file(p)
+
+
+def test_summarization_example_runs_on_local_tldr_files(tmp_path):
+    "Example 3 (TL;DR summarization) when the data is given: summarize-from-feedback comparisons + TL;DR demonstrations."
+    posts = [f"I moved to a new city {i} weeks ago and my neighbour plays drums every night until 2am. "
+             f"I asked politely twice. What should I do about it, number {i}?" for i in range(12)]
+    cmp_ = [{"info": {"post": p, "title": f"Noisy neighbour {i}", "subreddit": "relationships"},
+             "summaries": [{"text": " Neighbour drums late; asked twice; what next?"}, {"text": " city"}], "choice": 0}
+            for i, p in enumerate(posts)]
+    sft = [{"prompt": f"SUBREDDIT: r/relationships\nTITLE: Noisy neighbour {i}\nPOST: {p}\nTL;DR:",
+            "label": " Neighbour drums late at night; asked twice; what next?"} for i, p in enumerate(posts)]
+    for name, recs in (("cmp.jsonl", cmp_), ("tldr.jsonl", sft)):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in recs))
+    out = tmp_path / "run"
+    assert main(["pipeline", "-o", str(out), *TOY, "--data", str(tmp_path / "cmp.jsonl"),
+                 "--sft-data", str(tmp_path / "tldr.jsonl"), "--set", "showcase=[]"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["steps"] == QUICK_RUN["ppo"]["total_steps"] and all("TL;DR" in x["prompt"] for x in s["samples"])
