@@ -39,18 +39,10 @@ def run_tests(out: Path) -> dict:
 
 
 def write_index(table: str):
-    import nbformat
-    p = ROOT / "nbs" / "index.ipynb"
-    nb = nbformat.read(p, as_version=4)
-    for c in nb.cells:
-        if c.cell_type == "markdown" and START in c.source:
-            head, rest = c.source.split(START, 1)
-            c.source = head + START + "\n" + table + "\n" + END + rest.split(END, 1)[1]
-            break
-    else: raise SystemExit(f"no {START} marker in {p}")
-    nbformat.write(nb, p)
-    subprocess.run([str(Path(sys.executable).parent / "jupyter"), "nbconvert", "--log-level", "WARN", "--to", "markdown",
-                    str(p), "--output-dir", str(ROOT), "--output", "README"], check=True)
+    "Put the table between the markers in nbs/index.ipynb and regenerate README.md (shared with results_table.py)."
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from results_table import write_index as write_between
+    write_between(table, "families", start=START, end=END)
 
 
 if __name__ == "__main__":
