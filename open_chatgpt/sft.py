@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'CKPT_PREFIX', 'STATE_FILE', 'DEEPSPEED_ZERO2', 'sft_loss', 'response_tokens', 'tiny_policy',
-           'n_params', 'check_causal_lm', 'prepare_tokenizer', 'set_special_ids', 'LoraSettings', 'add_lora',
-           'load_policy', 'context_length', 'generate', 'check_sft_data', 'evaluate_sft', 'rouge', 'SFTConfig',
-           'lr_factor', 'filter_sft', 'micro_batch_indices', 'save_policy', 'latest_checkpoint', 'save_checkpoint',
+           'n_params', 'check_causal_lm', 'set_special_ids', 'LoraSettings', 'add_lora', 'load_policy',
+           'context_length', 'generate', 'check_sft_data', 'evaluate_sft', 'rouge', 'SFTConfig', 'lr_factor',
+           'filter_sft', 'micro_batch_indices', 'save_policy', 'latest_checkpoint', 'save_checkpoint',
            'load_checkpoint', 'resolve_precision', 'make_optimizer', 'train_sft', 'plot_history', 'sft_training_args',
            'train_sft_trainer']
 
@@ -96,12 +96,7 @@ def check_causal_lm(model) -> None:
         raise ValueError(f"{problem}. SFT needs a decoder-only causal LM (GPT-2, OPT, Pythia/GPT-NeoX, BLOOM, GPT-J, "
                          "Llama...): load one with load_policy(name_or_path), or build the default with tiny_policy(tokenizer)")
 
-def prepare_tokenizer(tokenizer):
-    "Give `tokenizer` a pad token (its eos token when it has none) and return it."
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None: raise ValueError("the tokenizer has neither a pad nor an eos token; add one")
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+from .models import prepare_tokenizer  # pad token = eos when missing; every family quirk lives in chapter 8
 
 def set_special_ids(model, tokenizer):
     "Copy `tokenizer`'s pad/eos ids into `model.config` and its generation config where they are missing."
