@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 
 from .data import get_tokenizer, is_quick, load_preferences, load_prompts, load_sft
+from .ppo_core import AdaptiveKLController
 from .ppo import (PPOConfig, atomic_write_text, context_length, evaluate_policy, make_ppo_models,
                               plot_reward_kl, read_metrics, reward_model_fn, same_tokenizer, train_ppo)
 
@@ -158,13 +159,11 @@ def _plot_curve(rows: list[dict], keys, path: Path, title: str) -> None:
 # %% ../nbs/06_pipeline.ipynb #266fc322
 def run_sft(cfg: PipelineConfig, log=print) -> Path:
     "Stage 1: fine-tune the base policy on demonstrations; write `output_dir/sft` (model, metrics.jsonl, loss.png)."
-    from open_chatgpt.sft import SFTConfig, load_policy, tiny_policy, train_sft
+    from open_chatgpt.sft import SFTConfig, add_lora, load_policy, tiny_policy, train_sft
     out, tok = Path(cfg.output_dir), run_tokenizer(cfg)
     torch.manual_seed(cfg.seed)
-    policy = load_policy(cfg.model, tokenizer=tok, lora=cfg.lora) if cfg.model else tiny_policy(tok, seed=cfg.seed, **cfg.tiny)
-    if cfg.lora is not None and not cfg.model:
-        from open_chatgpt.sft import add_lora
-        policy = add_lora(policy, cfg.lora)
+    policy = load_policy(cfg.model, tokenizer=tok) if cfg.model else tiny_policy(tok, seed=cfg.seed, **cfg.tiny)
+    if cfg.lora is not None: policy = add_lora(policy, cfg.lora)  # merged back into the weights when saved
     sft_cfg = make_config(SFTConfig, cfg.sft)
     train_ds, eval_ds = load_data(cfg, "sft", "train"), load_data(cfg, "sft", "test")
     log(f"[sft] {sum(p.numel() for p in policy.parameters()) / 1e6:.1f}M-parameter policy, "
@@ -288,12 +287,13 @@ def format_summary(s: dict) -> str:
              f"{'response length (tokens)':34}{s['response_length']['sft']:>10.1f}{s['response_length']['ppo']:>10.1f}",
              f"PPO steps: {s['steps']}; KL in training: first step {k['start']:.2f}, last step {k['train_last']:.2f}"]
     if k.get("end") is not None and k.get("target"):
-        inside = k["end"] <= 1.2 * k["target"]
+        band = 1 + AdaptiveKLController.max_error
+        inside = k["end"] <= band * k["target"]
         lines.append(f"KL at the end {k['end']:.2f} nats vs target {k['target']}: "
-                     f"{'inside' if inside else 'OUTSIDE'} the controller's band (<= 1.2 x target, its error clip)")
+                     f"{'inside' if inside else 'OUTSIDE'} the controller's band (<= {band:g} x target, its error clip)")
     if s.get("peak_rss_gib"):
         lines.append("peak RSS (GiB, process peak at the end of each stage): " +
-                     ", ".join(f"{k} {v:.2f}" for k, v in s["peak_rss_gib"].items() if v is not None))
+                     ", ".join(f"{stage} {gib:.2f}" for stage, gib in s["peak_rss_gib"].items() if gib is not None))
     for x in s["samples"]:
         lines += [f"\n[{x.get('kind', 'held-out')}] prompt: ...{x['prompt'][-70:]!r}",
                   f"  SFT ({x['sft_reward']:+.2f}): {x['sft'][:100]!r}", f"  PPO ({x['ppo_reward']:+.2f}): {x['ppo'][:100]!r}"]

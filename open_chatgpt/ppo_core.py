@@ -277,6 +277,7 @@ class FixedKLController:
 
 class AdaptiveKLController:
     "Ziegler et al. (2019)'s proportional controller: steer `value` so the observed KL tracks `target`."
+    max_error = 0.2  # the proportional error is clipped to +-20%: the band the controller steers within
     def __init__(self, init_kl_coef: float, target: float, horizon: int):
         if target <= 0 or horizon <= 0:
             raise ValueError(f"target ({target}) and horizon ({horizon}) must be positive")
@@ -286,6 +287,6 @@ class AdaptiveKLController:
 
     def update(self, current_kl: float, n_steps: int) -> float:
         "Multiply `value` by 1 + clip(current_kl / target - 1, -0.2, 0.2) * n_steps / horizon; return it."
-        proportional_error = min(max(float(current_kl) / self.target - 1, -0.2), 0.2)
+        proportional_error = min(max(float(current_kl) / self.target - 1, -self.max_error), self.max_error)
         self.value *= 1 + proportional_error * n_steps / self.horizon
         return self.value
