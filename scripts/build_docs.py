@@ -299,7 +299,7 @@ def _toc_html(body: str) -> str:
 
 
 def _fix_links(body: str, local_pages: set[str]) -> str:
-    "Links to sibling notebooks (`02_sft.ipynb`, `02_sft.ipynb#x`) point at their pages."
+    "Links to sibling notebooks (`03_sft.ipynb`, `03_sft.ipynb#x`) point at their pages."
     def sub(m):
         url = m.group(2)
         parts = urlsplit(url)

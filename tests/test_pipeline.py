@@ -1,4 +1,4 @@
-"The pipeline (chapter 6) and the `open-chatgpt` command: end to end at toy size, kill -9 and resume, bad input."
+"The pipeline (chapter 10) and the `open-chatgpt` command: end to end at toy size, kill -9 and resume, bad input."
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
 

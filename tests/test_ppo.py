@@ -1,4 +1,4 @@
-"PPO trainer (chapter 5): rollout details, determinism, kill-and-resume, bad input."
+"PPO trainer (chapter 6): rollout details, determinism, kill-and-resume, bad input."
 import json, math
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""Reward model (chapter 3): padding invariance on every family, K-wise == mean pairwise, bad input, save/load,
+"""Reward model (chapter 4): padding invariance on every family, K-wise == mean pairwise, bad input, save/load,
 normalisation, and that training learns a preference it can only get from the data."""
 import itertools
 import math

@@ -1,4 +1,4 @@
-"Chapter 2 (SFT): model loading across families, LoRA, exact resume, the Trainer path, bad input."
+"Chapter 3 (SFT): model loading across families, LoRA, exact resume, the Trainer path, bad input."
 import math
 import warnings
 from dataclasses import asdict
