@@ -260,5 +260,5 @@ def build_model(name: str, tokenizer, seed: int = 0, max_positions: int = 512):
 def peak_memory_gb(device: torch.device) -> float:
     "Peak memory of this process: allocated CUDA memory on a GPU, else the process's max resident set (GB)."
     if device.type == "cuda": return torch.cuda.max_memory_allocated(device) / GB
-    from open_chatgpt.pipeline import peak_rss_gib  # the max resident set, read in one place (Linux and macOS units)
+    from open_chatgpt.plumbing import peak_rss_gib  # the max resident set, read in one place (Linux and macOS units)
     return peak_rss_gib() * 2**30 / GB

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['MODEL_CACHE', 'KNOWN_MODELS', 'FAMILIES', 'packaged_file', 'resolve_model', 'prepare_tokenizer', 'prepare_model',
-           'position_ids_from_mask', 'accepts_position_ids', 'model_inputs', 'hidden_size', 'last_token_index',
-           'tiny_config', 'tiny_model', 'chat_prompt', 'hh_to_chat']
+           'position_ids_from_mask', 'is_lora', 'accepts_position_ids', 'model_inputs', 'hidden_size',
+           'last_token_index', 'tiny_config', 'tiny_model', 'chat_prompt', 'hh_to_chat']
 
 # %% ../nbs/02_models.ipynb #b44b942c
 import importlib.metadata
@@ -93,9 +93,14 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     "Positions that start at 0 on each row's first real token, whatever the left padding."
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (batch, seq)
 
+def is_lora(model) -> bool:
+    "Whether `model` is wrapped by peft (LoRA adapters): it can switch its adapters off."
+    return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
+
 def accepts_position_ids(model) -> bool:
-    "Whether `model.forward` takes `position_ids` (BLOOM's ALiBi does not)."
-    return "position_ids" in inspect.signature(model.forward).parameters
+    "Whether the model's own `forward` takes `position_ids` (BLOOM's ALiBi does not); wrappers (LoRA) are looked through."
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft's forward takes **kwargs
+    return "position_ids" in inspect.signature(base.forward).parameters
 
 def model_inputs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
     "Keyword arguments for `model(...)` that are correct under left or right padding for every family."

@@ -259,6 +259,7 @@ class RewardConfig:
 
     def __post_init__(self, lr):
         if lr is not None: self.learning_rate = lr
+        if not self.learning_rate > 0: raise ValueError(f"RewardConfig.learning_rate must be > 0, got {self.learning_rate}")
         for k in ("batch_size", "grad_accum", "max_length", "eval_batch_size", "log_every"):
             if getattr(self, k) < 1: raise ValueError(f"RewardConfig.{k} must be >= 1, got {getattr(self, k)}")
         if self.max_steps is not None and self.max_steps < 1: raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")

@@ -4,11 +4,10 @@
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'CKPT_PREFIX', 'STATE_FILE', 'DEEPSPEED_ZERO2', 'sft_loss', 'response_tokens', 'tiny_policy',
-           'n_params', 'check_causal_lm', 'set_special_ids', 'LoraSettings', 'add_lora', 'load_policy',
-           'context_length', 'generate', 'check_sft_data', 'evaluate_sft', 'rouge', 'SFTConfig', 'lr_factor',
-           'filter_sft', 'micro_batch_indices', 'save_policy', 'latest_checkpoint', 'save_checkpoint',
-           'load_checkpoint', 'resolve_precision', 'make_optimizer', 'train_sft', 'plot_history', 'sft_training_args',
-           'train_sft_trainer']
+           'n_params', 'check_causal_lm', 'set_special_ids', 'LoraSettings', 'add_lora', 'load_policy', 'generate',
+           'check_sft_data', 'evaluate_sft', 'rouge', 'SFTConfig', 'lr_factor', 'filter_sft', 'micro_batch_indices',
+           'save_policy', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint', 'resolve_precision',
+           'make_optimizer', 'train_sft', 'plot_history', 'sft_training_args', 'train_sft_trainer']
 
 # %% ../nbs/03_sft.ipynb #30d7cd78
 import json
@@ -155,14 +154,7 @@ def load_policy(name_or_path: str, tokenizer=None, dtype=None, lora: Union[LoraS
     return model
 
 # %% ../nbs/03_sft.ipynb #0ca41e1c
-def context_length(model) -> Optional[int]:
-    "The model's context window in tokens, when its config says."
-    cfg = _base_model(model).config
-    for k in ("n_positions", "max_position_embeddings", "seq_length", "n_ctx"):
-        if isinstance(getattr(cfg, k, None), int): return getattr(cfg, k)
-    return None
-
-def _device(model) -> torch.device: return next(model.parameters()).device
+from .plumbing import context_length, model_device as _device   # appendix (chapter 12)
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 48, do_sample: bool = False,
@@ -258,6 +250,7 @@ class SFTConfig:
 
     def __post_init__(self, lr):
         if lr is not None: self.learning_rate = lr
+        if not self.learning_rate > 0: raise ValueError(f"SFTConfig.learning_rate must be > 0, got {self.learning_rate}")
         for k in ("batch_size", "grad_accum", "max_length"):
             if getattr(self, k) < 1: raise ValueError(f"SFTConfig.{k} must be >= 1, got {getattr(self, k)}")
         if self.max_steps is not None and self.max_steps < 1: raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
@@ -317,16 +310,7 @@ def save_policy(model, tokenizer, path) -> Path:
     if tokenizer is not None: tokenizer.save_pretrained(path)
     return path
 
-def _rng_state() -> dict:
-    s = dict(torch=torch.get_rng_state(), python=list(random.getstate()[1]), python_v=random.getstate()[0],
-             python_g=random.getstate()[2])
-    if torch.cuda.is_available(): s["cuda"] = torch.cuda.get_rng_state_all()
-    return s
-
-def _set_rng_state(s: dict) -> None:
-    torch.set_rng_state(s["torch"])
-    random.setstate((s["python_v"], tuple(s["python"]), s["python_g"]))
-    if "cuda" in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
+from .plumbing import rng_state as _rng_state, set_rng_state as _set_rng_state  # every generator, CUDA too
 
 def _load_weights(model, path: Path) -> None:
     from safetensors.torch import load_file

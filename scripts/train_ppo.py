@@ -46,7 +46,8 @@ def parse_args(argv=None):
 def rollout_on(policy, tokenizer, prompts, config, device) -> dict:
     "Sample one response per prompt on `device` (as open_chatgpt.ppo.rollout, with the tensors moved to the model)."
     from open_chatgpt.data import PromptCollator
-    from open_chatgpt.ppo import context_length, truncate_after_eos
+    from open_chatgpt.plumbing import context_length
+    from open_chatgpt.ppo import truncate_after_eos
     batch = PromptCollator(tokenizer, config.max_prompt_length, config.max_new_tokens, context_length(policy))(
         [{"prompt": p} for p in prompts])
     query, query_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)    # (B, P) left-padded
@@ -121,6 +122,7 @@ def main(argv=None):
     for step in range(1, c.total_steps + 1):
         # ---- rollout: full weights gathered once under ZeRO-3 ----
         t0 = time.perf_counter()
+        engine.eval()                 # rollout, old and reference log-probs in eval mode (dropout is off anyway)
         with unwrap_for_generation(engine, gather=not args.no_gather) as m:
             batch = rollout_on(m.policy, tok, prompt_batch(prompts, step, B, c.seed + rank), c, device)
         raw, scores = score(reward_fn, batch, c)

@@ -39,9 +39,16 @@ def test_flops_and_table():
 
 def test_matmul_peak_and_matmul_params():
     import torch
+    import itertools
     b = _load()
-    peak = b.matmul_peak(n=256, seconds=0.05, rounds=1)
-    assert 1e7 < peak < 1e14  # FLOP/s: anything from a slow CPU to a large GPU
+    clock = itertools.count()                     # a fake clock: 1 s per reading, so the count of matmuls is known
+    real = b.time.perf_counter
+    b.time.perf_counter = lambda: float(next(clock))
+    try: peak = b.matmul_peak(n=64, seconds=0.05, rounds=1)
+    finally: b.time.perf_counter = real
+    # readings 0 (start), 1 and 2 (two matmuls: k < 2), 3 (loop exit), 4 (stop): 2 * 64^3 FLOPs x 2 matmuls / 4 s
+    assert peak == 2 * 64 ** 3 * 2 / 4
+    assert b.matmul_peak(n=256, seconds=0.05, rounds=1) > 1e8    # any CPU multiplies faster than 100 MFLOP/s
     emb = torch.nn.Embedding(10, 4)
     lin = torch.nn.Linear(4, 10, bias=False)
     m = torch.nn.Sequential(emb, lin)

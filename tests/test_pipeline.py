@@ -30,11 +30,21 @@ def test_pipeline_writes_every_stage(done):
     assert not [p for p in done.rglob(".*")]                            # no temporary files or directories left
 
 
-def test_chat_answers(done):
-    reply, history = chat(str(done / "ppo" / "policy"), "Hello, who are you?", max_new_tokens=8)
-    assert isinstance(reply, str) and history == [("Hello, who are you?", reply)]
-    reply2, history = chat(str(done / "ppo" / "policy"), "And then?", history, max_new_tokens=8)
-    assert len(history) == 2
+def test_chat_answers(done, monkeypatch):
+    "chat = greedy generation from the saved policy on the formatted conversation, cut at the next turn."
+    from open_chatgpt import ppo
+    from open_chatgpt.data import get_tokenizer, hh_prompt
+    from open_chatgpt.sft import generate, load_policy
+    path = str(done / "ppo" / "policy")
+    tok = get_tokenizer(path); model = load_policy(path, tokenizer=tok)
+    reply, history = chat(path, "Hello, who are you?", max_new_tokens=8, temperature=0, model=model, tokenizer=tok)
+    want = generate(model, tok, [hh_prompt("Hello, who are you?")], max_new_tokens=8)[0].split("\n\nHuman:")[0].strip()
+    assert reply == want and history == [("Hello, who are you?", reply)]
+    seen = []
+    real = ppo.rollout
+    monkeypatch.setattr(ppo, "rollout", lambda m, t, prompts, *a, **k: (seen.extend(prompts), real(m, t, prompts, *a, **k))[1])
+    reply2, history = chat(path, "And then?", history, max_new_tokens=8, temperature=0, model=model, tokenizer=tok)
+    assert len(history) == 2 and "Hello, who are you?" in seen[0] and seen[0].rstrip().endswith("Assistant:")
 
 
 def test_sigkill_mid_ppo_then_resume(tmp_path):

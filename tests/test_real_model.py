@@ -68,5 +68,6 @@ def test_different_tokenizers_decode_and_reencode(run):
     prompts = [hh_prompt("Hi"), hh_prompt("How do I bake bread at home without yeast?")]
     batch = rollout(policy, tok, prompts, PPOConfig(max_new_tokens=8, max_prompt_length=64))
     raw, _ = score(reward_model_fn(rm, tok), batch)
-    expect = rm.score_texts([p + r + rm.tokenizer.eos_token for p, r in zip(batch["prompts"], batch["responses"])])
+    eos = rm.tokenizer.eos_token                     # appended only where the policy ended its answer
+    expect = rm.score_texts([p + r + (eos if e else "") for p, r, e in zip(batch["prompts"], batch["responses"], batch["has_eos"])])
     torch.testing.assert_close(raw, expect)

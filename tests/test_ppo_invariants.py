@@ -1,0 +1,272 @@
+"""The checks that good RL code bases rely on, run on the PPO trainer (chapter 6) in the configurations people use:
+every trainable module updates and every frozen one does not; on-policy sanity (ratio exactly 1 on the first minibatch,
+for every family with dropout in its config); a LoRA policy gets position ids and a critic; the value loss falls;
+devices, RNG state, KL bookkeeping and early stopping behave as documented."""
+import copy
+
+import pytest
+import torch
+
+from open_chatgpt.data import get_tokenizer, hh_prompt, sample_prompts
+from open_chatgpt.models import FAMILIES, tiny_config
+from open_chatgpt import ppo as ppo_mod
+from open_chatgpt.ppo import (PPOConfig, forward_logprobs_values, make_kl_controller, make_ppo_models, ppo_step,
+                              reward_model_fn, rollout, score, train_ppo)
+from open_chatgpt.reward import RewardModel
+
+TOK = get_tokenizer()
+PROMPTS = [hh_prompt("Hi"), hh_prompt("How do I bake bread at home without yeast?"),
+           hh_prompt("Tell me a joke about cats and dogs and birds, please."), hh_prompt("What is 2 + 2?")]
+DROPOUT_KEYS = ("resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout", "attention_dropout", "hidden_dropout",
+                "activation_dropout", "summary_first_dropout")
+
+
+def family_model(family, seed=0, dropout=0.1, **kw):
+    "A tiny model of `family` with dropout 0.1 in every dropout field its config has (GPT-2's and OPT's hub default)."
+    from transformers import AutoModelForCausalLM
+    from open_chatgpt.models import prepare_model
+    cfg = tiny_config(family, len(TOK), d=32, n_layer=2, n_head=2, **kw)
+    cfg.bos_token_id = cfg.eos_token_id = TOK.eos_token_id; cfg.pad_token_id = TOK.pad_token_id
+    for k in DROPOUT_KEYS:
+        if hasattr(cfg, k): setattr(cfg, k, dropout)
+    torch.manual_seed(seed)
+    return prepare_model(AutoModelForCausalLM.from_config(cfg), TOK).eval()
+
+
+def lora(model, family):
+    "Random (not zero) LoRA adapters, so the adapted model differs from the base."
+    from peft import LoraConfig, get_peft_model
+    targets = {"gpt2": ["c_attn"], "gptj": ["q_proj", "v_proj"], "gpt_neox": ["query_key_value"], "opt": ["q_proj", "v_proj"],
+               "bloom": ["query_key_value"], "llama": ["q_proj", "v_proj"]}[family]
+    torch.manual_seed(1)
+    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets,
+                                            init_lora_weights=False, task_type="CAUSAL_LM"))
+
+
+def cfg(**kw):
+    base = dict(batch_size=4, mini_batch_size=2, ppo_epochs=2, max_new_tokens=8, max_prompt_length=32,
+                learning_rate=1e-3, init_kl_coef=0.1, target=1.0, horizon=50, total_steps=1)
+    return PPOConfig(**{**base, **kw})
+
+
+def snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed(before, module):
+    after = module.state_dict()
+    return {k for k, v in before.items() if not torch.equal(v, after[k])}
+
+
+def one_step(model, ref, reward_fn, c, prompts=PROMPTS):
+    batch = rollout(model, TOK, prompts[:c.batch_size], c)
+    _, scores = score(reward_fn, batch, c)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=c.learning_rate, eps=1e-5)
+    return ppo_step(model, ref, opt, batch, scores, make_kl_controller(c), c), batch
+
+
+def frozen_rm(seed=1):
+    "A reward model as the pipeline loads it: from a saved RM, then `rm.eval().requires_grad_(False)`."
+    rm = RewardModel(family_model("gpt2", seed=seed), TOK)
+    return rm.eval().requires_grad_(False)
+
+
+# ---- defect 1: the critic copied from a frozen reward model must train ------------------------------------------
+@pytest.mark.parametrize("use_lora", [False, True])
+def test_every_trainable_param_updates_and_frozen_ones_do_not(use_lora):
+    sft = family_model("gpt2")
+    if use_lora: sft = lora(sft, "gpt2")
+    rm = frozen_rm()
+    rm_before = snapshot(rm)
+    model, ref = make_ppo_models(sft, TOK, rm, critic_init="reward")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    never = sorted(n for n, p in model.critic.named_parameters() if not p.requires_grad)
+    assert not never, f"critic parameters that never train: {never[:5]}"
+    if use_lora: assert all("lora_" in n for n in trainable if n.startswith("policy."))
+    before, ref_before = snapshot(model), snapshot(ref)
+    one_step(model, ref, reward_model_fn(rm, TOK), cfg())
+    moved = changed(before, model)
+    stuck = sorted(n for n in trainable if n not in moved)
+    assert not stuck, f"{len(stuck)} trainable tensors did not change after a PPO step: {stuck[:5]}"
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert not (moved & frozen), sorted(moved & frozen)[:5]
+    assert not changed(ref_before, ref) and not changed(rm_before, rm)   # reference and reward model bit-identical
+
+
+def test_pipeline_ppo_models_train_the_critic(tmp_path):
+    "Exactly the pipeline's configuration (quick run: tiny policy, RM from the SFT model, critic from the RM)."
+    from open_chatgpt.pipeline import PipelineConfig, QUICK_RUN, ppo_models, run_reward, run_sft
+    c = PipelineConfig(output_dir=str(tmp_path)).update(copy.deepcopy(QUICK_RUN))
+    run_sft(c, log=lambda *a: None); run_reward(c, log=lambda *a: None)
+    parts = ppo_models(c)
+    model, ref, rm = parts["model"], parts["ref"], parts["reward_model"]
+    assert not model.shared and model.critic is not None
+    before, ref_before, rm_before = snapshot(model), snapshot(ref), snapshot(rm)
+    one_step(model, ref, parts["reward_fn"], parts["config"], list(sample_prompts("train")["prompt"][:8]))
+    moved = changed(before, model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {n for n in trainable if n.startswith("critic.")}, "the critic has no trainable parameters"
+    assert trainable <= moved, sorted(trainable - moved)[:5]
+    assert not changed(ref_before, ref) and not changed(rm_before, rm)
+
+
+# ---- defect 2: dropout (modules and functional) off, so the first minibatch is exactly on-policy --------------------
+@pytest.mark.parametrize("family", FAMILIES)
+def test_first_minibatch_is_on_policy(family, monkeypatch):
+    calls = []
+    real = ppo_mod.ppo_policy_loss
+    def spy(logprobs, old_logprobs, advantages, mask, clip_range):
+        loss, stats = real(logprobs, old_logprobs, advantages, mask, clip_range)
+        calls.append((logprobs.detach(), old_logprobs, mask, stats))
+        return loss, stats
+    monkeypatch.setattr(ppo_mod, "ppo_policy_loss", spy)
+    sft = family_model(family)
+    model, ref = make_ppo_models(sft, TOK, critic_init="sft")
+    c = cfg(batch_size=4, mini_batch_size=2, ppo_epochs=1, total_steps=2)
+    train_ppo(model, ref, TOK, lambda p, r: torch.tensor([len(x) / 10 for x in r]), PROMPTS, c, progress=False)
+    per_step = len(calls) // 2
+    for first in (calls[0], calls[per_step]):          # the first minibatch of step 1 and of step 2
+        lp, old, m, stats = first
+        m = m.bool()
+        assert torch.equal(lp[m], old[m]), f"{family}: ratio != 1 on the first minibatch: max |log ratio| " \
+                                           f"{(lp[m] - old[m]).abs().max():.2e}"
+        assert stats["policy/approxkl"].item() == 0 and stats["policy/clipfrac"].item() == 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_disable_dropout_zeroes_config_and_functional_dropout(family):
+    m = ppo_mod.disable_dropout(family_model(family))
+    for k in DROPOUT_KEYS:
+        assert getattr(m.config, k, 0.0) in (0, 0.0, None), (family, k, getattr(m.config, k))
+    m.train()
+    ids = torch.randint(0, len(TOK), (2, 12))
+    with torch.no_grad():
+        a, b = m(input_ids=ids).logits, m(input_ids=ids).logits
+    assert torch.equal(a, b), f"{family}: two forward passes in train mode differ: dropout is still on"
+
+
+# ---- defect 3: LoRA policies get position ids; padded batch == one sequence at a time ------------------------------
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lora_policy_padded_equals_alone(family):
+    model = lora(family_model(family, dropout=0.0), family)
+    c = cfg(max_new_tokens=6)
+    batch = rollout(model, TOK, PROMPTS[:3], c, do_sample=False)
+    assert (batch["query_mask"][:, 0] == 0).any()          # left padding present
+    ids = torch.cat([batch["query"], batch["response"]], 1); am = torch.cat([batch["query_mask"], batch["response_mask"]], 1)
+    P = batch["query"].shape[1]
+    with torch.no_grad():
+        lp, _, _ = forward_logprobs_values(model, ids, am, P)
+        for i in range(3):
+            q = batch["query"][i][batch["query_mask"][i].bool()]; n = int(batch["response_mask"][i].sum())
+            one = torch.cat([q, batch["response"][i][:n]])[None]
+            lp1, _, _ = forward_logprobs_values(model, one, torch.ones_like(one), len(q))
+            torch.testing.assert_close(lp[i, :n], lp1[0], atol=1e-4, rtol=1e-4, msg=lambda s: f"{family}+LoRA: {s}")
+
+
+# ---- defect 4: a critic from a LoRA policy ---------------------------------------------------------------------------
+def test_separate_critic_from_a_lora_policy_trains():
+    sft = lora(family_model("llama", dropout=0.0), "llama")
+    model, ref = make_ppo_models(sft, TOK, critic_init="sft", shared_backbone=False)
+    before = snapshot(model)
+    stats, _ = one_step(model, ref, lambda p, r: torch.tensor([len(x) / 10 for x in r]), cfg())
+    moved = changed(before, model)
+    assert any(n.startswith("critic.") for n in moved) and any(n.startswith("policy.") for n in moved)
+    assert torch.isfinite(torch.tensor(stats["losses/value_loss"]))
+
+
+def test_lora_reference_is_the_same_weights_with_the_adapter_disabled():
+    sft = lora(family_model("gpt2", dropout=0.0), "gpt2")
+    model, ref = make_ppo_models(sft, TOK, critic_init="sft", shared_backbone=True)
+    base = {p.data_ptr() for n, p in model.policy.named_parameters() if "lora_" not in n}
+    ref_ptrs = {p.data_ptr() for p in ref.parameters()}
+    assert ref_ptrs <= base, "the LoRA reference holds its own copy of the weights"
+    ids = torch.randint(2, len(TOK), (2, 10)); am = torch.ones_like(ids)
+    with torch.no_grad():
+        with model.policy.disable_adapter(): want = model.policy(input_ids=ids, attention_mask=am).logits
+        got = ref(input_ids=ids, attention_mask=am).logits
+        adapted = model.policy(input_ids=ids, attention_mask=am).logits
+    assert torch.equal(got, want) and not torch.allclose(got, adapted)
+
+
+# ---- defect 5: PPO checkpoints carry the CUDA RNG state ------------------------------------------------------------
+def test_ppo_checkpoint_saves_and_restores_cuda_rng(tmp_path, monkeypatch):
+    fake = [torch.ByteTensor([1, 2, 3])]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: fake)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda s: restored.append(s))
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda s: None)
+    reward = lambda p, r: torch.tensor([len(x) / 10 for x in r])
+    c = cfg(ppo_epochs=1, total_steps=1, output_dir=str(tmp_path))
+    model, ref = make_ppo_models(family_model("gpt2", dropout=0.0), TOK, critic_init="sft")
+    train_ppo(model, ref, TOK, reward, PROMPTS, c, progress=False)
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    assert "cuda" in state["rng"] and torch.equal(state["rng"]["cuda"][0], fake[0])
+    c2 = cfg(ppo_epochs=1, total_steps=2, output_dir=str(tmp_path))
+    train_ppo(model, ref, TOK, reward, PROMPTS, c2, resume=True, progress=False)
+    assert restored and torch.equal(restored[0][0], fake[0])
+
+
+# ---- defect 6: scores land on the policy's device ------------------------------------------------------------------
+def test_scores_follow_the_batch_device():
+    batch = dict(prompts=["a", "b"], responses=["x", "yy"], has_eos=torch.tensor([True, False], device="meta"),
+                 query=torch.zeros(2, 3, dtype=torch.long, device="meta"))
+    raw, scores = score(lambda p, r: torch.tensor([1.0, 2.0]), batch, cfg(missing_eos_penalty=1.0))
+    assert raw.device.type == "meta" and scores.device.type == "meta"
+
+
+# ---- the audit: EOS only where emitted; one KL estimator drives penalty, log and controller; early stop per epoch ---
+class TextRM(torch.nn.Module):
+    "A stand-in reward model with its own tokenizer, which records the texts it scores."
+    def __init__(self, tokenizer):
+        super().__init__(); self.tokenizer, self.seen = tokenizer, []
+    def score_texts(self, texts, batch_size=16, max_length=512):
+        self.seen += list(texts)
+        return torch.zeros(len(texts))
+
+
+def test_different_tokenizer_rm_sees_eos_only_where_the_policy_emitted_it():
+    from open_chatgpt.data import train_tokenizer
+    rm = TextRM(train_tokenizer(PROMPTS * 3, vocab_size=300))
+    eos = rm.tokenizer.eos_token
+    batch = dict(prompts=["p1", "p2"], responses=[" ended", " cut off"], has_eos=torch.tensor([True, False]),
+                 query=torch.zeros(2, 1, dtype=torch.long))
+    score(reward_model_fn(rm, TOK), batch)
+    assert rm.seen[0].endswith(" ended" + eos) and rm.seen[1].endswith(" cut off") and not rm.seen[1].endswith(eos)
+
+
+@pytest.mark.parametrize("est", ["k1", "k3"])
+def test_kl_estimator_drives_penalty_log_and_controller(est, monkeypatch):
+    seen = []
+    model, ref = make_ppo_models(family_model("gpt2", dropout=0.0), TOK, critic_init="sft")
+    with torch.no_grad():                                   # move the policy away from the reference
+        for p in model.policy.parameters(): p.add_(0.05 * torch.randn_like(p))
+    c = cfg(kl_estimator=est, ppo_epochs=1)
+    ctl = make_kl_controller(c)
+    monkeypatch.setattr(ctl, "update", lambda kl, n: seen.append(kl))
+    batch = rollout(model, TOK, PROMPTS, c)
+    _, scores = score(lambda p, r: torch.zeros(len(r)), batch, c)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    stats = ppo_step(model, ref, opt, batch, scores, ctl, c)
+    assert seen == [stats["objective/kl"]] and stats["objective/kl"] == stats[f"objective/kl_{est}"]
+    assert stats["objective/kl_k1"] != stats["objective/kl_k3"]
+
+
+def test_early_stopping_checks_mean_k3_once_per_epoch():
+    model, ref = make_ppo_models(family_model("gpt2", dropout=0.0), TOK, critic_init="sft")
+    c = cfg(batch_size=4, mini_batch_size=1, ppo_epochs=4, target_kl=1e-12, learning_rate=1e-2)
+    stats, _ = one_step(model, ref, lambda p, r: torch.tensor([len(x) / 10 for x in r]), c)
+    assert stats["ppo/early_stop"] == 1
+    assert stats["ppo/updates"] == 4            # the whole first epoch (4 minibatches), then stop
+
+
+# ---- learning signals -----------------------------------------------------------------------------------------------
+def test_value_loss_falls_on_a_fixed_batch():
+    model, ref = make_ppo_models(family_model("gpt2", dropout=0.0), TOK, critic_init="sft")
+    c = cfg(ppo_epochs=1, learning_rate=3e-3, vf_coef=1.0)
+    batch = rollout(model, TOK, PROMPTS, c)
+    scores = torch.tensor([1.0, -1.0, 2.0, 0.5])
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=c.learning_rate, eps=1e-5)
+    ctl = make_kl_controller(c)
+    losses = [ppo_step(model, ref, opt, batch, scores, ctl, c)["losses/value_loss"] for _ in range(6)]
+    assert losses[-1] < 0.5 * losses[0], losses
