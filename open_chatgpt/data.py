@@ -8,7 +8,8 @@ __all__ = ['ASSETS', 'HH_SAMPLE', 'TOKENIZER_FILE', 'ASSISTANT', 'HUMAN', 'LOCAL
            'parse_hh', 'hh_prompt', 'tldr_prompt', 'shp_adapter', 'summarize_adapter', 'tldr_sft_adapter',
            'pairs_adapter', 'sft_adapter', 'read_local', 'adapt_records', 'load_records', 'load_preferences',
            'load_sft', 'load_prompts', 'prompt_split', 'sample_pairs', 'sample_sft', 'prompts_from_pairs',
-           'sample_prompts', 'train_tokenizer', 'sample_texts', 'get_tokenizer', 'truncate_left', 'SFTCollator',
+           'sample_prompts', 'train_tokenizer', 'sample_texts', 'get_tokenizer', 'hh_turns', 'uses_chat_template',
+           'hh_to_chat', 'format_prompt', 'format_response', 'chat_prompt', 'truncate_left', 'SFTCollator',
            'PairwiseCollator', 'PromptCollator', 'token_lengths', 'plot_lengths', 'summary']
 
 # %% ../nbs/01_data.ipynb #d51a9f2f
@@ -369,6 +370,38 @@ def get_tokenizer(path: Optional[str] = None):
     if tok.pad_token is None: tok.pad_token = tok.eos_token  # GPT-2, OPT-style models ship without a pad token
     return tok
 
+# %% ../nbs/01_data.ipynb #a9af297a
+def hh_turns(hh_prompt: str) -> list[dict]:
+    "The turns of an HH transcript prompt as chat messages; a prompt with no Human turn is one user message."
+    msgs = []
+    for turn in hh_prompt.split("\n\n"):
+        if turn.startswith("Human:"): msgs.append({"role": "user", "content": turn[6:].strip()})
+        elif turn.startswith("Assistant:"):
+            if turn[10:].strip(): msgs.append({"role": "assistant", "content": turn[10:].strip()})
+        elif msgs and turn.strip(): msgs[-1]["content"] += "\n\n" + turn.strip()   # a paragraph break inside a turn
+    return msgs or [{"role": "user", "content": hh_prompt.strip()}]   # e.g. a TL;DR prompt
+
+def uses_chat_template(tokenizer, chat: Optional[bool] = None) -> bool:
+    "Whether prompts for `tokenizer` are chat-formatted: `chat` if given, else whether it has a chat template."
+    return bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
+
+def hh_to_chat(tokenizer, hh_prompt: str) -> str:
+    "Re-format an HH transcript prompt (`\\n\\nHuman: ...\\n\\nAssistant:`) with `tokenizer`'s chat template."
+    if not getattr(tokenizer, "chat_template", None): return hh_prompt
+    return tokenizer.apply_chat_template(hh_turns(hh_prompt), tokenize=False, add_generation_prompt=True)
+
+def format_prompt(tokenizer, prompt: str, chat: Optional[bool] = None) -> str:
+    "`prompt` as `tokenizer`'s model expects it: its chat template (a chat model), else the HH text unchanged."
+    return hh_to_chat(tokenizer, prompt) if uses_chat_template(tokenizer, chat) else prompt
+
+def format_response(response: str, chat: bool) -> str:
+    "A response as the model writes it: chat models start their turn without HH's leading space."
+    return response.strip() if chat else response
+
+def chat_prompt(tokenizer, user_message: str) -> str:
+    "One user message as a prompt: `tokenizer`'s chat template, or HH text when it has none."
+    return format_prompt(tokenizer, hh_prompt(user_message))
+
 # %% ../nbs/01_data.ipynb #99fe05b3
 def truncate_left(prompt_ids: list[int], response_ids: list[int], max_length: int) -> tuple[list[int], list[int]]:
     "Cut `prompt + response` to `max_length` tokens from the left: oldest prompt tokens first, then the response start."
@@ -391,15 +424,22 @@ def _pad(seqs: list[list[int]], pad_id: int, side: str = "right") -> tuple[torch
 
 def _encode(tokenizer, text: str) -> list[int]: return tokenizer(text, add_special_tokens=False)["input_ids"]
 
+def _encode_pair(tokenizer, prompt: str, response: str, chat: bool) -> tuple[list[int], list[int]]:
+    "Token ids of a formatted prompt and of its formatted response + eos (the end-of-turn token of a chat model)."
+    return (_encode(tokenizer, format_prompt(tokenizer, prompt, chat)),
+            _encode(tokenizer, format_response(response, chat)) + [tokenizer.eos_token_id])
+
 @dataclass
 class SFTCollator:
     "Batch `prompt`/`response` records for SFT: right-padded ids and labels masked to -100 on prompt and padding."
     tokenizer: object
     max_length: int = 256  # tokens per sequence, prompt + response + eos
+    chat: Optional[bool] = None  # chat-template format (None: when the tokenizer has a template)
     def __call__(self, records: list[dict]) -> dict:
         seqs, labels, self.n_truncated = [], [], 0
+        chat = uses_chat_template(self.tokenizer, self.chat)
         for r in records:
-            p, resp = _encode(self.tokenizer, r["prompt"]), _encode(self.tokenizer, r["response"]) + [self.tokenizer.eos_token_id]
+            p, resp = _encode_pair(self.tokenizer, r["prompt"], r["response"], chat)
             p2, r2 = truncate_left(p, resp, self.max_length)
             self.n_truncated += (len(p2) + len(r2)) < (len(p) + len(resp))
             seqs.append(p2 + r2); labels.append([-100] * len(p2) + r2)
@@ -414,12 +454,12 @@ class PairwiseCollator:
     tokenizer: object
     max_length: int = 256  # tokens per sequence
     padding_side: str = "right"  # the reward model reads the last real token, so either side works
+    chat: Optional[bool] = None  # chat-template format (None: when the tokenizer has a template)
     def __call__(self, records: list[dict]) -> dict:
-        seqs = []
+        seqs, chat = [], uses_chat_template(self.tokenizer, self.chat)
         for key in ("chosen", "rejected"):
             for r in records:
-                p, resp = truncate_left(_encode(self.tokenizer, r["prompt"]),
-                                        _encode(self.tokenizer, r[key]) + [self.tokenizer.eos_token_id], self.max_length)
+                p, resp = truncate_left(*_encode_pair(self.tokenizer, r["prompt"], r[key], chat), self.max_length)
                 seqs.append(p + resp)
         input_ids, attention_mask = _pad(seqs, self.tokenizer.pad_token_id, self.padding_side)
         return dict(input_ids=input_ids, attention_mask=attention_mask)  # each (2*batch, seq)
@@ -432,13 +472,16 @@ class PromptCollator:
     max_prompt_length: int = 128  # prompt tokens kept (cut from the left)
     max_new_tokens: int = 0       # tokens that generation will add...
     context_length: Optional[int] = None  # ...within this context window, if given
+    chat: Optional[bool] = None   # chat-template format (None: when the tokenizer has a template)
     def __post_init__(self):
         if self.context_length is not None and self.max_prompt_length + self.max_new_tokens > self.context_length:
             raise ValueError(f"max_prompt_length ({self.max_prompt_length}) + max_new_tokens ({self.max_new_tokens}) "
                              f"exceeds the model's context ({self.context_length}); lower one of them")
         if self.max_prompt_length < 1: raise ValueError(f"max_prompt_length must be >= 1, got {self.max_prompt_length}")
     def __call__(self, records: list[dict]) -> dict:
-        seqs = [_encode(self.tokenizer, check_text(r["prompt"], "prompt"))[-self.max_prompt_length:] for r in records]
+        chat = uses_chat_template(self.tokenizer, self.chat)
+        seqs = [_encode(self.tokenizer, format_prompt(self.tokenizer, check_text(r["prompt"], "prompt"), chat))[-self.max_prompt_length:]
+                for r in records]
         input_ids, attention_mask = _pad(seqs, self.tokenizer.pad_token_id, side="left")
         return dict(input_ids=input_ids, attention_mask=attention_mask, prompt=[r["prompt"] for r in records])
 

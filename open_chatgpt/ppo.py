@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .data import PromptCollator, is_quick
 from .models import hidden_size, is_lora, model_inputs, prepare_model
+from .reward import reward_text
 from .plumbing import (atomic_save, atomic_write_text, context_length, model_device, read_metrics,
                                    rng_state, seed_everything, set_rng_state, write_csv)
 from .ppo_core import (KL_ESTIMATORS, AdaptiveKLController, FixedKLController, compute_gae,
@@ -61,7 +62,7 @@ class PPOConfig:
     top_p: float = 1.0                    # nucleus sampling (1.0: off)
     max_new_tokens: int = 32              # response length cap
     max_prompt_length: int = 128          # prompt tokens kept (cut from the left)
-    missing_eos_penalty: Optional[float] = None  # subtracted from the score of responses that never emit EOS
+    missing_eos_penalty: Optional[float] = 1.0   # subtracted from the score of responses that never end (N+ detail; None: off)
     kl_estimator: str = "k1"              # per-token KL estimator of the penalty: k1, k2 or k3
     shared_backbone: bool = False         # critic = value head on the actor's backbone (one model, less memory)
     seed: int = 0                         # seeds torch, numpy, random and the prompt order
@@ -263,14 +264,14 @@ def reward_model_fn(reward_model, tokenizer=None, batch_size: int = 16, max_leng
         was_training = reward_model.training
         reward_model.eval()
         try:
-            if token_level and batch is not None:
+            if token_level and batch is not None and "response" in batch:
                 ids = torch.cat([batch["query"], batch["response"]], 1)                        # (batch, seq)
                 am = torch.cat([batch["query_mask"], batch["response_mask"]], 1)
                 return torch.cat([reward_model(ids[i:i + batch_size], am[i:i + batch_size]).float()
                                   for i in range(0, len(ids), batch_size)])
             eos = rm_tok.eos_token if rm_tok is not None and rm_tok.eos_token else ""
             ended = batch["has_eos"].tolist() if batch is not None and "has_eos" in batch else [True] * len(responses)
-            texts = [p + r + (eos if e else "") for p, r, e in zip(prompts, responses, ended)]  # a cut-off answer has no EOS
+            texts = [reward_text(p, r, eos, e) for p, r, e in zip(prompts, responses, ended)]  # a cut-off answer has no EOS
             return torch.as_tensor(reward_model.score_texts(texts, batch_size=batch_size, max_length=max_length)).float()
         finally: reward_model.train(was_training)
     return reward_fn
@@ -482,6 +483,7 @@ def train_ppo(
     resume: bool = False,  # continue from output_dir/checkpoints/last.pt if it exists
     stop_after_steps: Optional[int] = None,  # return after this step, without the final checkpoint (simulates a kill)
     progress: bool = True,
+    on_checkpoint: Optional[Callable[[int], None]] = None,  # called with the step at each checkpoint (evaluations)
 ) -> list[dict]:
     "Run PPO for `config.total_steps` steps; log stats per step and checkpoint to `config.output_dir`; return the history."
     c = config.validate(context_length(model.policy))
@@ -538,7 +540,9 @@ def train_ppo(
         bar.set_postfix(reward=f"{row['env/reward_mean']:.3f}", kl=f"{row['objective/kl']:.2f}",
                         beta=f"{row['objective/kl_coef']:.3f}")
         if stop_after_steps is not None and step >= stop_after_steps: return history  # simulated kill: no checkpoint
-        if c.save_every and step % c.save_every == 0 or step == c.total_steps: save_checkpoint(step)
+        if c.save_every and step % c.save_every == 0 or step == c.total_steps:
+            if on_checkpoint is not None: on_checkpoint(step)   # before the save: a kill in between re-runs this step
+            save_checkpoint(step)
     if out is not None and history: plot_reward_kl(history, out / "reward_kl.png", c.target if c.adap_kl_ctrl else None)
     return history
 

@@ -20,13 +20,23 @@ def done(tmp_path_factory):
 
 def test_pipeline_writes_every_stage(done):
     for f in ["sft/config.json", "sft/metrics.jsonl", "sft/loss.png", "reward/metrics.jsonl", "reward/eval.json",
-              "ppo/policy/config.json", "ppo/metrics.jsonl", "ppo/metrics.csv", "ppo/reward_kl.png",
-              "ppo/checkpoints/last.pt", "summary.json", "pipeline_config.json"]:
+              "judge.json", "ppo/policy/config.json", "ppo/metrics.jsonl", "ppo/metrics.csv", "ppo/reward_kl.png",
+              "ppo/checkpoints/last.pt", "ppo/curve.jsonl", "eval/overoptimisation.png", "eval/answers-sft.jsonl",
+              "summary.json", "pipeline_config.json"]:
         assert (done / f).exists(), f
     s = json.loads((done / "summary.json").read_text())
-    n = QUICK_RUN["ppo"]["total_steps"]
-    assert s["steps"] == n and s["held_out_reward"]["n"] == 4 and "end" in s["kl_to_reference"]
+    n, k = QUICK_RUN["ppo"]["total_steps"], QUICK_RUN["best_of_n"]
+    assert s["steps"] == n and s["n_eval_prompts"] == 4
     assert [r["step"] for r in read_metrics(done / "ppo" / "metrics.jsonl")] == list(range(1, n + 1))
+    assert [c["step"] for c in s["curve"]] == list(range(0, n + 1))         # SFT, then every checkpoint (save_every=1)
+    assert set(s["policies"]) == {"sft", "ppo"} and s["curve"][0]["kl"] == 0.0
+    assert len(read_metrics(done / "eval" / "answers-sft.jsonl")) == 4 * k     # best-of-n answers of the SFT policy
+    assert [b["n"] for b in s["best_of_n"]] == [1, 2]
+    w = s["win_rates"]["gold"]["rl_vs_sft"]
+    assert w["n"] == 4 and w["ci_low"] <= w["win_rate"] <= w["ci_high"]
+    rm = s["reward_model"]
+    assert rm["n"] == 394 and set(rm["baselines"]) == {"length", "bag_of_words"} and rm["normalisation"]["n"] == 4
+    assert s["judge"]["n_eval"] == 394 and 0 <= s["judge"]["accuracy"] <= 1
     assert not [p for p in done.rglob(".*")]                            # no temporary files or directories left
 
 
@@ -53,7 +63,7 @@ def test_sigkill_mid_ppo_then_resume(tmp_path):
             "--set", "ppo.batch_size=8", "--set", "ppo.max_new_tokens=16"]
     code = "import sys; from open_chatgpt.pipeline import main; sys.exit(main(sys.argv[1:]))"
     proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics, deadline = tmp_path / "ppo" / "metrics.jsonl", time.time() + 120
+    metrics, deadline = tmp_path / "ppo" / "metrics.jsonl", time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if metrics.exists() and len(read_metrics(metrics)) >= 3: break
         time.sleep(0.01)
@@ -63,7 +73,8 @@ def test_sigkill_mid_ppo_then_resume(tmp_path):
     assert 3 <= len(logged) < n and not (tmp_path / "summary.json").exists()
     assert main(args + ["--resume"]) == 0
     assert [r["step"] for r in read_metrics(metrics)] == list(range(1, n + 1))      # every step exactly once
-    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == n
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["steps"] == n and [c["step"] for c in s["curve"]] == [0] + list(range(2, n + 1, 2))   # no step twice
 
 
 def test_config_that_cannot_fit_fails_clearly_and_writes_nothing(done, tmp_path, capsys):
