@@ -65,9 +65,11 @@ pytest: install
 # everything CI runs: notebooks == package, README fresh, every notebook, every test, the docs site in a browser
 test: export-check readme-check bench-env nbtest pytest docs-test
 
-# TRL's environment for tests/test_bench.py's agreement check (ours vs TRL on the same batch); about a minute
+# TRL's environments for the agreement checks (ours vs TRL on the same batch): TRL 0.11.4 (PPO, reward model, DPO)
+# in bench/.venv, a recent TRL (GRPO, RLOO, DPO) in bench/.venv-trl-new; a few minutes, once
 bench-env:
 	test -x bench/.venv/bin/python || bash bench/setup.sh
+	test -x bench/.venv-trl-new/bin/python || bash bench/setup_trl_new.sh
 
 # the docs site, offline: runs every notebook in quick mode, renders HTML + API reference + local MathJax into _site/,
 # fails on a notebook that errors or a broken link (with quarto installed, `nbdev_docs` builds the quarto site instead)

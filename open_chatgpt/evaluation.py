@@ -108,8 +108,9 @@ def plot_overoptimisation(curve: list[dict], bon: Optional[list[dict]] = None, p
     import matplotlib
     if path is not None: matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
-    for ax, key in zip(axes, (proxy, gold)):
+    keys = [k for k in (proxy, gold) if curve and all(k in r for r in curve)] or [proxy]   # no judge: the proxy alone
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.8), sharex=True, squeeze=False)
+    for ax, key in zip(axes[0], keys):
         for rows, style, label in ((curve, "o-", "RL checkpoints"), (bon or [], "s--", "best-of-n")):
             if not rows: continue
             x, y = [r["sqrt_kl"] for r in rows], [r[key] - rows[0][key] for r in rows]
@@ -132,7 +133,9 @@ def plot_overoptimisation(curve: list[dict], bon: Optional[list[dict]] = None, p
 class JudgeConfig:
     "The gold judge: a reward model's backbone, pooling and training recipe (a RewardConfig's fields)."
     backbone: str = "minilm-l6"             # short name, hub name or local directory; 'tiny': the course's tiny GPT-2
-    pooling: Optional[str] = None           # None: 'mean' for an encoder, 'last' for a causal LM
+    pooling: Optional[str] = None           # None: 'mean' for an encoder, 'last' for a causal LM; 'mean+last': both
+    with_prompt: bool = True                # False: the judge reads the response alone
+    n_layers: Optional[int] = None          # keep only the backbone's first n blocks (cheaper; None: all)
     reward: dict = field(default_factory=dict)   # RewardConfig fields (learning_rate, epochs, max_length...)
     seed: int = 0
 
@@ -148,14 +151,19 @@ def judge_key(train_pairs, config: JudgeConfig) -> str:
 
 # %% ../nbs/07_evaluation.ipynb #73a5ed32
 def _new_judge(config: JudgeConfig):
+    from open_chatgpt.models import truncate_layers
     from open_chatgpt.reward import RewardModel
     torch.manual_seed(config.seed)
     if config.backbone == "tiny":                          # the course's tiny GPT-2 (tests, quick mode)
         from open_chatgpt.data import get_tokenizer
         from open_chatgpt.sft import tiny_policy
         tok = get_tokenizer()
-        return RewardModel(tiny_policy(tok, n_layer=1, n_embd=64, n_head=2, seed=config.seed), tok, config.pooling)
-    return RewardModel.from_pretrained(config.backbone, pooling=config.pooling).train()
+        return RewardModel(tiny_policy(tok, n_layer=1, n_embd=64, n_head=2, seed=config.seed), tok, config.pooling,
+                           config.with_prompt)
+    rm = RewardModel.from_pretrained(config.backbone, pooling=config.pooling)
+    rm.with_prompt = config.with_prompt
+    if config.n_layers: truncate_layers(rm.backbone, config.n_layers)
+    return rm.train()
 
 def load_or_train_judge(train_pairs, eval_pairs, config: JudgeConfig, cache_dir=None, log=print):
     "The cached gold judge for these comparisons and settings, trained (and cached) if there is none; returns (rm, meta)."
@@ -171,7 +179,8 @@ def load_or_train_judge(train_pairs, eval_pairs, config: JudgeConfig, cache_dir=
     log(f"[judge] training the gold judge ({config.backbone}, once per data set; cached in {d})")
     t0 = time.perf_counter()
     rm = _new_judge(config)
-    train_reward(rm, rm.tokenizer, train_pairs, None, rcfg)
+    rm.max_length = rcfg.max_length
+    train_reward(rm, rm.tokenizer, train_pairs, None, rcfg, progress=False)
     ev = evaluate_reward(rm, rm.tokenizer, eval_pairs, max_length=rcfg.max_length)
     meta = dict(accuracy=ev["accuracy"], ci_low=ev["ci_low"], ci_high=ev["ci_high"], n_eval=ev["n"], n_train=len(train_pairs),
                 seconds=time.perf_counter() - t0, config=asdict(config), max_length=rcfg.max_length)

@@ -97,6 +97,7 @@ def masked_mean(
         raise ValueError(f"masked_mean: some slices along axis {axis} have an empty mask; use axis=None or drop them")
     return total.sum(axis) / n
 
+# %% ../nbs/05_ppo_core.ipynb #b395fddb
 def masked_var(
     values: torch.Tensor,  # (batch, seq)
     mask: torch.Tensor,  # (batch, seq)

@@ -4,10 +4,12 @@
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'CKPT_PREFIX', 'STATE_FILE', 'DEEPSPEED_ZERO2', 'sft_loss', 'response_tokens', 'tiny_policy',
-           'n_params', 'check_causal_lm', 'set_special_ids', 'LoraSettings', 'add_lora', 'load_policy', 'generate',
-           'check_sft_data', 'evaluate_sft', 'rouge', 'SFTConfig', 'lr_factor', 'filter_sft', 'micro_batch_indices',
-           'save_policy', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint', 'resolve_precision',
-           'make_optimizer', 'train_sft', 'plot_history', 'sft_training_args', 'train_sft_trainer']
+           'n_params', 'check_causal_lm', 'set_special_ids', 'LoraSettings', 'add_lora', 'load_policy', 'save_policy',
+           'generate', 'check_sft_data', 'evaluate_sft', 'rouge', 'SFTConfig', 'lr_factor', 'filter_sft',
+           'sft_datasets', 'micro_batch_indices', 'step_batches', 'resolve_precision', 'accumulate_gradients',
+           'make_optimizer', 'make_scheduler', 'optimizer_step', 'new_history', 'log_row', 'train_sft', 'plot_history',
+           'latest_checkpoint', 'save_checkpoint', 'load_checkpoint', 'resume_training', 'set_gradient_checkpointing',
+           'sft_training_args', 'train_sft_trainer']
 
 # %% ../nbs/03_sft.ipynb #30d7cd78
 import json
@@ -23,6 +25,7 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
+from tqdm.auto import tqdm
 
 from .data import SFTCollator, PromptCollator, get_tokenizer, is_quick, sample_sft
 
@@ -153,6 +156,14 @@ def load_policy(name_or_path: str, tokenizer=None, dtype=None, lora: Union[LoraS
     if lora is not None: model = add_lora(model, lora)
     return model
 
+# %% ../nbs/03_sft.ipynb #c2435984
+def save_policy(model, tokenizer, path) -> Path:
+    "Save model and tokenizer with `save_pretrained` (safetensors) so `load_policy(path)` loads them back."
+    path = Path(path); path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    if tokenizer is not None: tokenizer.save_pretrained(path)
+    return path
+
 # %% ../nbs/03_sft.ipynb #0ca41e1c
 from .plumbing import context_length, model_device as _device   # appendix (chapter 12)
 
@@ -250,13 +261,7 @@ class SFTConfig:
 
     def __post_init__(self, lr):
         if lr is not None: self.learning_rate = lr
-        if not self.learning_rate > 0: raise ValueError(f"SFTConfig.learning_rate must be > 0, got {self.learning_rate}")
-        for k in ("batch_size", "grad_accum", "max_length"):
-            if getattr(self, k) < 1: raise ValueError(f"SFTConfig.{k} must be >= 1, got {getattr(self, k)}")
-        if self.max_steps is not None and self.max_steps < 1: raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
-        if self.lr_schedule not in ("cosine", "linear", "constant"):
-            raise ValueError(f"lr_schedule must be 'cosine', 'linear' or 'constant', got {self.lr_schedule!r}")
-        if self.save_every and not self.output_dir: raise ValueError("save_every needs an output_dir to write checkpoints to")
+        _check_sft_config(self)
 
     def total_steps(self, n_examples: int) -> int:
         "Optimiser steps of the run for a training set of `n_examples` demonstrations."
@@ -266,6 +271,16 @@ class SFTConfig:
     def warmup_steps(self, total: int) -> int:
         "Warm-up length in steps."
         return int(self.warmup * total) if self.warmup < 1 else int(self.warmup)
+
+# %% ../nbs/03_sft.ipynb #291516cf
+def _check_sft_config(c: SFTConfig) -> None:
+    if not c.learning_rate > 0: raise ValueError(f"SFTConfig.learning_rate must be > 0, got {c.learning_rate}")
+    for k in ("batch_size", "grad_accum", "max_length"):
+        if getattr(c, k) < 1: raise ValueError(f"SFTConfig.{k} must be >= 1, got {getattr(c, k)}")
+    if c.max_steps is not None and c.max_steps < 1: raise ValueError(f"max_steps must be >= 1 or None, got {c.max_steps}")
+    if c.lr_schedule not in ("cosine", "linear", "constant"):
+        raise ValueError(f"lr_schedule must be 'cosine', 'linear' or 'constant', got {c.lr_schedule!r}")
+    if c.save_every and not c.output_dir: raise ValueError("save_every needs an output_dir to write checkpoints to")
 
 # %% ../nbs/03_sft.ipynb #6fb70f9c
 def lr_factor(step: int, total: int, warmup: int, schedule: str = "cosine") -> float:
@@ -291,6 +306,15 @@ def filter_sft(ds, tokenizer, max_length: int, name: str = "train_ds"):
         ds = ds.select(keep)
     return ds
 
+# %% ../nbs/03_sft.ipynb #aab23911
+def sft_datasets(train_ds, eval_ds, tokenizer, config: SFTConfig) -> tuple:
+    "The training demonstrations that fit (`filter_sft`) and the held-out set, checked and cut to `config.eval_size`."
+    train_ds = filter_sft(train_ds, tokenizer, config.max_length)
+    if eval_ds is not None:
+        check_sft_data(eval_ds, "eval_ds")
+        if config.eval_size: eval_ds = eval_ds.select(range(min(config.eval_size, len(eval_ds))))
+    return train_ds, eval_ds
+
 # %% ../nbs/03_sft.ipynb #ef4654ce
 def micro_batch_indices(k: int, n: int, batch_size: int, seed: int = 0) -> list[int]:
     "Indices of micro-batch `k` (counted from the start of training) of a data set of `n` examples."
@@ -299,16 +323,135 @@ def micro_batch_indices(k: int, n: int, batch_size: int, seed: int = 0) -> list[
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
     return perm[j * batch_size:(j + 1) * batch_size].tolist()
 
+# %% ../nbs/03_sft.ipynb #294e105c
+def step_batches(train_ds, collate, step: int, config: SFTConfig) -> list[dict]:
+    "The `config.grad_accum` collated micro-batches of optimiser step `step` (0-based): a pure function of the step."
+    ks = range(step * config.grad_accum, (step + 1) * config.grad_accum)  # micro-batches counted from the start of training
+    return [collate([train_ds[i] for i in micro_batch_indices(k, len(train_ds), config.batch_size, config.seed)])
+            for k in ks]
+
+# %% ../nbs/03_sft.ipynb #c2ac8760
+def _resolve_device(config: SFTConfig, model) -> torch.device:
+    if config.device: return torch.device(config.device)
+    return torch.device("cuda") if torch.cuda.is_available() else _device(model)
+
+def resolve_precision(config: SFTConfig, device: torch.device) -> Optional[torch.dtype]:
+    "The autocast dtype for `config` on `device`: bfloat16, float16 or None (float32)."
+    cuda = device.type == "cuda"
+    bf16_ok = cuda and torch.cuda.is_bf16_supported()
+    if config.bf16 and not bf16_ok: raise ValueError("bf16=True needs a CUDA GPU with bfloat16 support; use bf16=None (auto)")
+    if config.fp16 and not cuda: raise ValueError("fp16=True needs a CUDA GPU; on a CPU leave fp16=None (float32)")
+    if config.bf16 or (config.bf16 is None and bf16_ok and not config.fp16): return torch.bfloat16
+    if config.fp16 or (config.fp16 is None and cuda and not bf16_ok): return torch.float16
+    return None
+
+# %% ../nbs/03_sft.ipynb #e7a9ab16
+def accumulate_gradients(model, batches: list[dict], device: torch.device, amp: Optional[torch.dtype] = None,
+                         scaler=None) -> tuple[float, int]:
+    "Forward and backward over one step's micro-batches (token-sum loss / the step's tokens); returns (loss, tokens)."
+    n_tokens = sum(response_tokens(b["labels"]) for b in batches)  # response tokens of the whole step
+    step_loss = 0.0
+    for b in batches:
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):  # amp=None: plain float32
+            logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
+        loss = sft_loss(logits, b["labels"].to(device), "sum") / max(n_tokens, 1)
+        (scaler.scale(loss) if scaler else loss).backward()  # gradients add up across the micro-batches
+        step_loss += loss.item()
+    return step_loss, n_tokens
+
+# %% ../nbs/03_sft.ipynb #15309548
+def make_optimizer(model, config: SFTConfig) -> torch.optim.Optimizer:
+    "AdamW over the trainable parameters; weight decay on matrices only."
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params: raise ValueError("the model has no trainable parameters")
+    groups = [dict(params=[p for p in params if p.ndim >= 2], weight_decay=config.weight_decay),
+              dict(params=[p for p in params if p.ndim < 2], weight_decay=0.0)]
+    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.95))
+
+def make_scheduler(optimizer, config: SFTConfig, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    "Warm-up then `config.lr_schedule` over `total` optimiser steps: the peak learning rate times `lr_factor`."
+    warm = config.warmup_steps(total)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warm, config.lr_schedule))
+
+def optimizer_step(model, optimizer, scheduler, max_grad_norm: float = 1.0, scaler=None) -> Optional[float]:
+    "Clip the gradient norm, step the optimiser and the schedule, clear the gradients; returns the norm before clipping."
+    if scaler: scaler.unscale_(optimizer)  # float16 (Appendix B): back to the true gradients before clipping
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm).item() if max_grad_norm else None
+    if scaler: scaler.step(optimizer); scaler.update()
+    else: optimizer.step()
+    scheduler.step(); optimizer.zero_grad(set_to_none=True)
+    return norm
+
+# %% ../nbs/03_sft.ipynb #924ca895
+def new_history() -> dict:
+    "An empty training history: one list per column, all of equal length."
+    return dict(step=[], train_loss=[], eval_loss=[], learning_rate=[], tokens_per_s=[])
+
+def log_row(history: dict, window: list, step: int, learning_rate: float, eval_loss: Optional[float] = None) -> None:
+    "Append a row to `history` from `window` = [loss sum, tokens, steps, seconds] since the last row; reset `window`."
+    loss_sum, toks, steps, secs = window
+    history["step"].append(step)
+    history["train_loss"].append(loss_sum / toks if toks else None)
+    history["eval_loss"].append(eval_loss)  # None where not evaluated
+    history["learning_rate"].append(learning_rate)
+    history["tokens_per_s"].append(toks / secs if secs else None)
+    window[:] = [0.0, 0, 0, 0.0]
+
+# %% ../nbs/03_sft.ipynb #b6b79c0b
+def train_sft(model, tokenizer, train_ds, eval_ds=None, config: Optional[SFTConfig] = None,
+              resume_from: Optional[str] = None, stop_after: Optional[int] = None, progress: bool = True) -> dict:
+    "Supervised fine-tuning with a plain PyTorch loop; checkpoints, exact resume; returns the loss history."
+    config = config or SFTConfig()
+    check_causal_lm(model)
+    if config.deepspeed: raise ValueError("DeepSpeed runs through train_sft_trainer(...); the plain loop is single-device")
+    train_ds, eval_ds = sft_datasets(train_ds, eval_ds, tokenizer, config)  # ---- set-up
+    collate, total = SFTCollator(prepare_tokenizer(tokenizer), config.max_length), config.total_steps(len(train_ds))
+    device = _resolve_device(config, model); model.to(device)
+    amp = resolve_precision(config, device)  # None (float32) on a CPU; Appendix B
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+    if config.gradient_checkpointing: set_gradient_checkpointing(model, True)  # Appendix B
+    optimizer = make_optimizer(model, config); scheduler = make_scheduler(optimizer, config, total)
+    history, window, step = new_history(), [0.0, 0, 0, 0.0], 0
+    torch.manual_seed(config.seed)
+    if resume_from is not None: step, history, window = resume_training(resume_from, model, optimizer, scheduler, scaler, config)
+    evaluate = lambda: evaluate_sft(model, tokenizer, eval_ds, config.max_length, config.batch_size)["loss"]
+    if step == 0 and eval_ds is not None: log_row(history, window, 0, scheduler.get_last_lr()[0], evaluate())
+    out_dir, end = Path(config.output_dir) if config.output_dir else None, min(total, stop_after or total)
+    model.train()
+    with tqdm(total=total, initial=step, desc="SFT", disable=not progress) as bar:
+        while step < end:  # ---- one optimiser step
+            t0 = time.perf_counter()
+            batches = step_batches(train_ds, collate, step, config)                     # 1. the data
+            loss, n_tokens = accumulate_gradients(model, batches, device, amp, scaler)  # 2. forward and backward
+            optimizer_step(model, optimizer, scheduler, config.max_grad_norm, scaler)   # 3. clip, step, schedule
+            step += 1
+            window[0] += loss * n_tokens; window[1] += n_tokens; window[2] += 1; window[3] += time.perf_counter() - t0
+            bar.update(1); bar.set_postfix(loss=f"{loss:.3f}")
+            eval_now = step == total or (config.eval_every and step % config.eval_every == 0)  # 4. log and evaluate
+            if eval_now or step % config.log_every == 0:
+                log_row(history, window, step, scheduler.get_last_lr()[0], evaluate() if eval_now and eval_ds is not None else None)
+            if out_dir and config.save_every and (step % config.save_every == 0 or step == end):  # Appendix A
+                save_checkpoint(out_dir / f"{CKPT_PREFIX}{step}", model, tokenizer, optimizer, scheduler, scaler, step,
+                                history, window, config)
+    if config.gradient_checkpointing: set_gradient_checkpointing(model, False)
+    if out_dir and step == total: save_policy(model, tokenizer, out_dir)  # the final model, ready for load_policy
+    model.eval()
+    return history
+
+# %% ../nbs/03_sft.ipynb #f77b0065
+def plot_history(history: dict, ax=None, title: str = "SFT"):
+    "Train and eval loss against the optimiser step."
+    import matplotlib.pyplot as plt
+    ax = ax or plt.subplots(figsize=(6, 3.5))[1]
+    for k, style in (("train_loss", "-"), ("eval_loss", "o-")):
+        pts = [(s, v) for s, v in zip(history["step"], history[k]) if v is not None]
+        if pts: ax.plot(*zip(*pts), style, label=k.replace("_", " "))
+    ax.set_xlabel("optimiser step"); ax.set_ylabel("loss (nats / response token)"); ax.set_title(title); ax.legend()
+    return ax
+
 # %% ../nbs/03_sft.ipynb #99ce2516
 CKPT_PREFIX = "checkpoint-"
 STATE_FILE = "training_state.pt"
-
-def save_policy(model, tokenizer, path) -> Path:
-    "Save model and tokenizer with `save_pretrained` (safetensors) so `load_policy(path)` loads them back."
-    path = Path(path); path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path, safe_serialization=True)
-    if tokenizer is not None: tokenizer.save_pretrained(path)
-    return path
 
 from .plumbing import rng_state as _rng_state, set_rng_state as _set_rng_state  # every generator, CUDA too
 
@@ -332,6 +475,7 @@ def latest_checkpoint(output_dir) -> Optional[Path]:
     ckpts = [p for p in Path(output_dir).glob(CKPT_PREFIX + "*") if (p / STATE_FILE).exists()]
     return max(ckpts, key=lambda p: int(p.name[len(CKPT_PREFIX):])) if ckpts else None
 
+# %% ../nbs/03_sft.ipynb #7b16205b
 def save_checkpoint(path, model, tokenizer, optimizer, scheduler, scaler, step: int, history: dict, window: list,
                     config) -> Path:
     "Write a resumable checkpoint: model (safetensors) + optimiser, scheduler, RNG, step, history."
@@ -360,126 +504,22 @@ def load_checkpoint(path, model, optimizer, scheduler, scaler) -> dict:
     _set_rng_state(state["rng"])
     return state
 
-# %% ../nbs/03_sft.ipynb #c2ac8760
-def resolve_precision(config: SFTConfig, device: torch.device) -> Optional[torch.dtype]:
-    "The autocast dtype for `config` on `device`: bfloat16, float16 or None (float32)."
-    cuda = device.type == "cuda"
-    bf16_ok = cuda and torch.cuda.is_bf16_supported()
-    if config.bf16 and not bf16_ok: raise ValueError("bf16=True needs a CUDA GPU with bfloat16 support; use bf16=None (auto)")
-    if config.fp16 and not cuda: raise ValueError("fp16=True needs a CUDA GPU; on a CPU leave fp16=None (float32)")
-    if config.bf16 or (config.bf16 is None and bf16_ok and not config.fp16): return torch.bfloat16
-    if config.fp16 or (config.fp16 is None and cuda and not bf16_ok): return torch.float16
-    return None
+# %% ../nbs/03_sft.ipynb #af53f1b2
+def resume_training(path, model, optimizer, scheduler, scaler, config: SFTConfig) -> tuple[int, dict, list]:
+    "Restore the checkpoint at `path` for `train_sft`; returns (step, history, window)."
+    state = load_checkpoint(path, model, optimizer, scheduler, scaler)
+    changed = {k: (v, getattr(config, k)) for k, v in state["config"].items()
+               if k in ("learning_rate", "batch_size", "grad_accum", "max_length", "seed", "lr_schedule", "warmup")
+               and getattr(config, k) != v}
+    if changed: warnings.warn(f"resuming with settings that differ from the checkpoint's: {changed}")
+    return state["step"], state["history"], state["window"]
 
-def make_optimizer(model, config: SFTConfig) -> torch.optim.Optimizer:
-    "AdamW over the trainable parameters; weight decay on matrices only."
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params: raise ValueError("the model has no trainable parameters")
-    groups = [dict(params=[p for p in params if p.ndim >= 2], weight_decay=config.weight_decay),
-              dict(params=[p for p in params if p.ndim < 2], weight_decay=0.0)]
-    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.95))
-
-# %% ../nbs/03_sft.ipynb #b6b79c0b
-def _resolve_device(config: SFTConfig, model) -> torch.device:
-    if config.device: return torch.device(config.device)
-    return torch.device("cuda") if torch.cuda.is_available() else _device(model)
-
-def train_sft(model, tokenizer, train_ds, eval_ds=None, config: Optional[SFTConfig] = None,
-              resume_from: Optional[str] = None, stop_after: Optional[int] = None, progress: bool = True) -> dict:
-    "Supervised fine-tuning with a plain PyTorch loop; checkpoints, exact resume; returns the loss history."
-    from tqdm.auto import tqdm
-    config = config or SFTConfig()
-    # ---- checks and data
-    check_causal_lm(model)
-    if config.deepspeed: raise ValueError("DeepSpeed runs through train_sft_trainer(...); the plain loop is single-device")
-    train_ds = filter_sft(train_ds, tokenizer, config.max_length)
-    if eval_ds is not None:
-        check_sft_data(eval_ds, "eval_ds")
-        if config.eval_size: eval_ds = eval_ds.select(range(min(config.eval_size, len(eval_ds))))
-    collate = SFTCollator(prepare_tokenizer(tokenizer), config.max_length)
-    n, total = len(train_ds), config.total_steps(len(train_ds))
-    # ---- model, optimiser, schedule, precision
-    device = _resolve_device(config, model)
-    model.to(device)
-    amp = resolve_precision(config, device)
-    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
-    if config.gradient_checkpointing:  # non-reentrant: also correct when the embeddings are frozen (LoRA)
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        _base_model(model).config.use_cache = False
-    optimizer = make_optimizer(model, config)
-    warm = config.warmup_steps(total)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warm, config.lr_schedule))
-    history = dict(step=[], train_loss=[], eval_loss=[], learning_rate=[], tokens_per_s=[])
-    window = [0.0, 0, 0, 0.0]  # loss sum, tokens, steps, seconds since the last history row
-    torch.manual_seed(config.seed)
-    step = 0
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, model, optimizer, scheduler, scaler)
-        step, history, window = state["step"], state["history"], state["window"]
-        changed = {k: (v, getattr(config, k)) for k, v in state["config"].items()
-                   if k in ("learning_rate", "batch_size", "grad_accum", "max_length", "seed", "lr_schedule", "warmup")
-                   and getattr(config, k) != v}
-        if changed: warnings.warn(f"resuming with settings that differ from the checkpoint's: {changed}")
-    def log_row(eval_now: bool):
-        loss_sum, toks, steps, secs = window
-        history["step"].append(step)
-        history["train_loss"].append(loss_sum / toks if toks else None)
-        history["eval_loss"].append(evaluate_sft(model, tokenizer, eval_ds, config.max_length, config.batch_size)["loss"]
-                                    if eval_now and eval_ds is not None else None)
-        history["learning_rate"].append(scheduler.get_last_lr()[0])
-        history["tokens_per_s"].append(toks / secs if secs else None)
-        window[:] = [0.0, 0, 0, 0.0]
-    if step == 0 and eval_ds is not None: log_row(True)  # the starting point
-    out_dir = Path(config.output_dir) if config.output_dir else None
-    end = min(total, stop_after) if stop_after else total
-    model.train()
-    bar = tqdm(total=total, initial=step, desc="SFT", disable=not progress)
-    while step < end:
-        t0 = time.perf_counter()
-        # ---- this step's micro-batches: a pure function of the step (resumable data order)
-        batches = [collate([train_ds[i] for i in micro_batch_indices(k, n, config.batch_size, config.seed)])
-                   for k in range(step * config.grad_accum, (step + 1) * config.grad_accum)]
-        n_tokens = sum(response_tokens(b["labels"]) for b in batches)
-        # ---- forward and backward: sum of token losses / tokens of the whole step
-        step_loss = 0.0
-        for b in batches:
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
-            loss = sft_loss(logits, b["labels"].to(device), "sum") / max(n_tokens, 1)
-            (scaler.scale(loss) if scaler else loss).backward()
-            step_loss += loss.item()
-        # ---- optimiser step
-        if scaler: scaler.unscale_(optimizer)
-        if config.max_grad_norm: torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        if scaler: scaler.step(optimizer); scaler.update()
-        else: optimizer.step()
-        scheduler.step(); optimizer.zero_grad(set_to_none=True)
-        step += 1
-        window[0] += step_loss * n_tokens; window[1] += n_tokens; window[2] += 1; window[3] += time.perf_counter() - t0
-        bar.update(1); bar.set_postfix(loss=f"{step_loss:.3f}")
-        # ---- log, evaluate, checkpoint
-        eval_now = step == total or (config.eval_every and step % config.eval_every == 0)
-        if eval_now or step % config.log_every == 0: log_row(eval_now)
-        if out_dir and config.save_every and (step % config.save_every == 0 or step == end):
-            save_checkpoint(out_dir / f"{CKPT_PREFIX}{step}", model, tokenizer, optimizer, scheduler, scaler, step,
-                            history, window, config)
-    bar.close()
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_disable(); _base_model(model).config.use_cache = True
-    if out_dir and step == total: save_policy(model, tokenizer, out_dir)  # the final model, ready for load_policy
-    model.eval()
-    return history
-
-# %% ../nbs/03_sft.ipynb #f77b0065
-def plot_history(history: dict, ax=None, title: str = "SFT"):
-    "Train and eval loss against the optimiser step."
-    import matplotlib.pyplot as plt
-    ax = ax or plt.subplots(figsize=(6, 3.5))[1]
-    for k, style in (("train_loss", "-"), ("eval_loss", "o-")):
-        pts = [(s, v) for s, v in zip(history["step"], history[k]) if v is not None]
-        if pts: ax.plot(*zip(*pts), style, label=k.replace("_", " "))
-    ax.set_xlabel("optimiser step"); ax.set_ylabel("loss (nats / response token)"); ax.set_title(title); ax.legend()
-    return ax
+# %% ../nbs/03_sft.ipynb #b3e1c99d
+def set_gradient_checkpointing(model, on: bool) -> None:
+    "Switch gradient checkpointing (non-reentrant) on or off; the KV cache is off while it is on."
+    if on: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else: model.gradient_checkpointing_disable()
+    _base_model(model).config.use_cache = not on
 
 # %% ../nbs/03_sft.ipynb #c66b1438
 DEEPSPEED_ZERO2 = {  # a DeepSpeed ZeRO-2 config; "auto" values are filled in by the Trainer from SFTConfig
@@ -515,15 +555,13 @@ def sft_training_args(config: SFTConfig, n_examples: int, has_eval: bool = True)
         remove_unused_columns=False, prediction_loss_only=True, dataloader_num_workers=0,
         use_cpu=config.device == "cpu" and config.deepspeed is None)  # use_cpu would switch DeepSpeed off
 
+# %% ../nbs/03_sft.ipynb #37bd9d36
 def train_sft_trainer(model, tokenizer, train_ds, eval_ds, config: SFTConfig,
                       resume_from_checkpoint: Union[str, bool, None] = None):
     "Supervised fine-tuning with 🤗 `Trainer` (DeepSpeed, multi-GPU, mixed precision); returns the trained `Trainer`."
     from transformers import Trainer
     check_causal_lm(model)
-    train_ds = filter_sft(train_ds, tokenizer, config.max_length)
-    if eval_ds is not None:
-        check_sft_data(eval_ds, "eval_ds")
-        if config.eval_size: eval_ds = eval_ds.select(range(min(config.eval_size, len(eval_ds))))
+    train_ds, eval_ds = sft_datasets(train_ds, eval_ds, tokenizer, config)
     args = sft_training_args(config, len(train_ds), has_eval=eval_ds is not None)
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                       data_collator=SFTCollator(prepare_tokenizer(tokenizer), config.max_length), processing_class=tokenizer)

@@ -1,12 +1,13 @@
 #!/usr/bin/env python
 """Put a finished pipeline run's results into nbs/index.ipynb (and so README.md), between
 <!-- results-NAME:start --> and <!-- results-NAME:end -->, from the run's own files: no figure is typed by hand.
+The run's over-optimisation plot is copied to nbs/images/overoptimisation-NAME.png and shown under the tables.
 
     python scripts/results_table.py runs/demo                    # after `make demo`
     python scripts/results_table.py runs/demo-tiny --name tiny   # after `make demo-tiny`
-    python scripts/results_table.py runs/demo --dry-run  # print the Markdown only
+    python scripts/results_table.py runs/demo --dry-run          # print the Markdown only
 """
-import argparse, json, os, platform, subprocess, sys
+import argparse, json, os, platform, shutil, subprocess, sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,42 +26,80 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores{mem}, no GPU; Python {platform.python_version()}, torch {torch.__version__}"
 
 
-def cell(text: str, n: int = 160) -> str:
-    text = " ".join(text.split())
-    text = text.replace("|", "\\|")
+def cell(text, n: int = 150) -> str:
+    text = " ".join((text or "").split()).replace("|", "\\|")
     return (text[:n] + "...") if len(text) > n else text or "(empty)"
 
 
-def steps(c: dict) -> str:
-    return f"{c['max_steps']} steps" if c.get("max_steps") else f"{c.get('epochs')} epochs"
+def ci(x: dict) -> str: return f"{x['accuracy' if 'accuracy' in x else 'win_rate']:.3f} ({x['ci_low']:.3f}-{x['ci_high']:.3f})"
 
 
-def render(run: Path) -> str:
+def minutes(s) -> str: return "-" if s is None else f"{s / 60:.1f} min"
+
+
+def load_note(s: dict) -> str:
+    "The 1-minute load average at the start and end of the run: above the core count, the CPU was shared."
+    la = s.get("load_avg")
+    if not la: return ""
+    busy = max(la) > (os.cpu_count() or 1)
+    return (f" Load average {la[0]:.1f} at the start, {la[-1]:.1f} at the end"
+            + (" (the machine was shared with other work: times are upper bounds)." if busy else "."))
+
+
+def render(run: Path, name: str, copy_image: bool = True) -> str:
     s = json.loads((run / "summary.json").read_text())
     cfg = json.loads((run / "pipeline_config.json").read_text())
-    r, k = s["held_out_reward"], s["kl_to_reference"]
-    stages = {st: json.loads((run / st / "stage.json").read_text()) for st in ("sft", "reward")}
-    ev = json.loads((run / "reward" / "eval.json").read_text())
-    rss = s.get("peak_rss_gib", {})
-    lines = [f"Policy `{cfg['model'] or 'tiny GPT-2'}`"
-             + (f" + LoRA r={cfg['lora']['r']}" if cfg.get("lora") else "")
-             + f", reward model `{cfg['reward_model'] or 'from the SFT model'}`, data `{cfg['data']}`; "
-             f"measured on {machine()}.", "",
+    algo, rm, j, sec, rss = s["algo"], s["reward_model"], s.get("judge"), s["seconds"], s["peak_rss_gib"]
+    sft = json.loads((run / "sft" / "stage.json").read_text())
+    steps = sft["config"].get("max_steps")
+    b = rm.get("baselines") or {}
+    lines = [f"Policy `{cfg['model'] or 'tiny GPT-2'}`" + (f" + LoRA r={cfg['lora']['r']}" if cfg.get("lora") else "")
+             + f", proxy reward model `{cfg['reward_model'] or 'from the SFT model'}`"
+             + (f", gold judge `{j['config']['backbone']}`" if j else "") + f", data `{cfg['data']}`, seed {s['seed']}; "
+             f"measured on {machine()}." + load_note(s), "",
              "| stage | result | time | peak RSS (GiB) |", "|---|---|---|---|",
-             f"| SFT | {steps(stages['sft']['config'])} | {stages['sft']['seconds'] / 60:.1f} min | "
-             f"{rss.get('sft') or 0:.2f} |",
-             f"| reward model | {steps(stages['reward']['config'])}; held-out accuracy {ev['accuracy']:.3f} (95% CI {ev['ci_low']:.3f}-{ev['ci_high']:.3f}, "
-             f"n={ev.get('n', '?')}) | {stages['reward']['seconds'] / 60:.1f} min | {rss.get('reward') or 0:.2f} |",
-             f"| PPO | {s['steps']} steps; held-out reward {r['sft']:.3f} -> **{r['ppo']:.3f}** (n={r['n']}); "
-             f"KL to the reference {k['end']:.2f} nats (target {k['target']}) | {s['ppo_seconds'] / 60:.1f} min | "
-             f"{rss.get('ppo') or 0:.2f} |",
-             f"| **total** | | **{s.get('total_seconds', 0) / 60:.1f} min** | |", "",
-             "Peak RSS is the process's peak at the end of each stage (the stages run in one process).", "",
-             "| prompt | after SFT (reward) | after PPO (reward) |", "|---|---|---|"]
+             f"| SFT | {'none (the base model)' if steps == 0 else f'{steps} steps' if steps else 'epochs'} | "
+             f"{minutes(sec.get('sft'))} | {rss.get('sft') or 0:.2f} |",
+             f"| proxy reward model | held-out accuracy **{ci(rm)}**, n={rm['n']}; bag of words {ci(b['bag_of_words'])}, "
+             f"length {ci(b['length'])} | {minutes(sec.get('reward'))} | {rss.get('reward') or 0:.2f} |"]
+    if j: lines.append(f"| gold judge (never seen by {algo.upper()}) | held-out accuracy **{ci(j)}**, n={j['n_eval']}; "
+                       f"trained once on {j['n_train']} comparisons in {minutes(j['seconds'])}, cached | "
+                       f"{minutes(sec.get('judge'))} (load) | - |")
+    lines += [f"| {algo.upper()} | {s['steps']} steps, evaluated every checkpoint | {minutes(sec.get(algo))} | {rss.get(algo) or 0:.2f} |",
+              f"| evaluation | {s['n_eval_prompts']} held-out prompts, sampled answers; best-of-{s['best_of_n'][-1]['n'] if s['best_of_n'] else 1} | "
+              f"{minutes(sec.get('eval'))} | {rss.get('eval') or 0:.2f} |",
+              f"| **total** | | **{minutes(sec.get('total'))}** | |", ""]
+    keys = [("proxy", "proxy score"), ("gold", "gold score"), ("kl", "KL to SFT (nats)"), ("length", "length (tokens)"),
+            ("eos_frac", "answers that end")]
+    keys = [(k, h) for k, h in keys if any(k in p for p in s["policies"].values())]
+    lines += ["| policy | " + " | ".join(h for _, h in keys) + " |", "|---|" + "---|" * len(keys)]
+    names = {"base": "untouched base model", "sft": "SFT", algo: f"{algo.upper()} (final)"}
+    for k, p in s["policies"].items():
+        lines.append(f"| {names.get(k, k)} | " + " | ".join("-" if p.get(x) is None else f"{p[x]:.3f}" for x, _ in keys) + " |")
+    wr = s["win_rates"].get("gold")
+    if wr:
+        label = dict(rl_vs_sft=f"{algo.upper()} vs SFT", sft_vs_base="SFT vs base", rl_vs_base=f"{algo.upper()} vs base")
+        lines += ["", "Gold-judge win rates (ties count 1/2; 95% Wilson interval): " +
+                  "; ".join(f"**{label[k]} {ci(w)}**" for k, w in wr.items()) + "."]
+    if s["best_of_n"]:
+        lines += ["", "| best-of-n from the SFT policy (picked by the proxy) | " + " | ".join(f"n={x['n']}" for x in s["best_of_n"]) + " |",
+                  "|---|" + "---|" * len(s["best_of_n"]),
+                  "| KL (nats) | " + " | ".join(f"{x['kl']:.2f}" for x in s["best_of_n"]) + " |",
+                  "| proxy | " + " | ".join(f"{x['proxy']:+.3f}" for x in s["best_of_n"]) + " |",
+                  "| gold | " + " | ".join(f"{x['gold']:+.3f}" for x in s["best_of_n"]) + " |"]
+    c = s["curve"]
+    lines += ["", f"| {algo.upper()} step | " + " | ".join(str(x["step"]) for x in c) + " |", "|---|" + "---|" * len(c)]
+    for k, h in (("sqrt_kl", "sqrt KL"), ("proxy", "proxy"), ("gold", "gold"), ("length", "length"), ("eos_frac", "ended")):
+        if all(k in x for x in c): lines.append(f"| {h} | " + " | ".join(f"{x[k]:.3f}" for x in c) + " |")
+    img = ROOT / "nbs" / "images" / f"overoptimisation-{name}.png"
+    if (run / "eval" / "overoptimisation.png").exists():
+        if copy_image: img.parent.mkdir(parents=True, exist_ok=True); shutil.copy(run / "eval" / "overoptimisation.png", img)
+        lines += ["", f"![over-optimisation curve of this run](nbs/images/{img.name})"]
+    lines += ["", f"| prompt | SFT | {algo.upper()} |", "|---|---|---|"]
     for x in s["samples"]:
         p = x["prompt"].rsplit("Human:", 1)[-1].replace("Assistant:", "").strip()
-        lines.append(f"| *{x.get('kind', '')}* {cell(p, 90)} | {cell(x['sft'])} ({x['sft_reward']:+.2f}) | "
-                     f"{cell(x['ppo'])} ({x['ppo_reward']:+.2f}) |".replace("\n", " "))
+        sc = lambda who: "" if f"gold_{who}" not in x else f" (proxy {x[f'proxy_{who}']:+.2f}, gold {x[f'gold_{who}']:+.2f})"
+        lines.append(f"| *{x['kind']}* {cell(p, 90)} | {cell(x['sft'])}{sc('sft')} | {cell(x['rl'])}{sc('rl')} |")
     return "\n".join(lines)
 
 
@@ -86,6 +125,6 @@ if __name__ == "__main__":
     ap.add_argument("--name", default="real", help="which table: results-NAME markers (real, tiny)")
     ap.add_argument("--dry-run", action="store_true")
     a = ap.parse_args()
-    table = render(a.run)
+    table = render(a.run, a.name, copy_image=not a.dry_run)
     print(table)
     if not a.dry_run: write_index(table, a.name)

@@ -91,7 +91,9 @@ def test_reward(family, tok, pairs, track):
 def test_ppo(family, tok, track):
     torch.manual_seed(0)
     sft = tiny_model(family, tok); track["model"] = sft
-    sft.generation_config.sequence_bias = {(tok.eos_token_id,): 7.0}  # EOS ~20% per token (vocab 4096): rows end at different steps
+    def eos_bias(module, inputs, out):  # EOS ~20% per token (vocab 4096): rows end at different steps
+        out.logits[..., tok.eos_token_id] += 7.0                         # part of the policy: sampling and log-probs see it
+    sft.register_forward_hook(eos_bias)
     rm = RewardModel(tiny_model(family, tok, seed=1), tok)
     model, ref = make_ppo_models(sft, tok, rm)
     cfg = PPOConfig(batch_size=3, mini_batch_size=3, ppo_epochs=1, max_new_tokens=24, max_prompt_length=32,

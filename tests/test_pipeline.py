@@ -115,3 +115,28 @@ def test_summarization_example_runs_on_local_tldr_files(tmp_path):
                  "--sft-data", str(tmp_path / "tldr.jsonl"), "--set", "showcase=[]"]) == 0
     s = json.loads((out / "summary.json").read_text())
     assert s["steps"] == QUICK_RUN["ppo"]["total_steps"] and all("TL;DR" in x["prompt"] for x in s["samples"])
+
+
+def test_every_algo_on_the_same_run_and_the_comparison_table(done, tmp_path):
+    "--algo dpo/grpo/rloo with --resume reuse the SFT, reward and judge stages and the SFT answers; one table compares them."
+    import shutil
+    run = tmp_path / "run"; shutil.copytree(done, run)
+    before = {p: p.stat().st_mtime_ns for d in ("sft", "reward") for p in (run / d).rglob("*") if p.is_file()}
+    sft_answers = (run / "eval" / "answers-sft.jsonl").read_text()
+    for algo, steps in (("dpo", QUICK_RUN["dpo"]["max_steps"]), ("grpo", QUICK_RUN["grpo"]["total_steps"]),
+                        ("rloo", QUICK_RUN["grpo"]["total_steps"])):
+        assert main(["pipeline", "-o", str(run), *TOY, "--algo", algo, "--resume"]) == 0
+        s = json.loads((run / f"summary-{algo}.json").read_text())
+        assert s["algo"] == algo and s["steps"] == steps and set(s["policies"]) == {"sft", algo}
+        assert [c["step"] for c in s["curve"]] == list(range(0, steps + 1))   # SFT, then every checkpoint
+        assert (run / algo / "policy" / "config.json").exists()
+        assert s["win_rates"]["gold"]["rl_vs_sft"]["n"] == 4
+    dpo_rows = read_metrics(run / "dpo" / "metrics.jsonl")
+    assert dpo_rows[-1]["eval_rewards/accuracies"] is not None and dpo_rows[0]["loss"] > 0
+    assert before == {p: p.stat().st_mtime_ns for d in ("sft", "reward") for p in (run / d).rglob("*") if p.is_file()}
+    assert (run / "eval" / "answers-sft.jsonl").read_text() == sft_answers  # the SFT policy was not sampled again
+    out = subprocess.run([sys.executable, "scripts/compare_table.py", str(run), "--dry-run"], capture_output=True,
+                         text=True, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    rows = [l for l in out.stdout.splitlines() if l.startswith("| ") and l.split("|")[1].strip() in ("PPO", "DPO", "GRPO", "RLOO")]
+    assert [r.split("|")[1].strip() for r in rows] == ["PPO", "DPO", "GRPO", "RLOO"]

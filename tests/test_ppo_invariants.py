@@ -270,3 +270,28 @@ def test_value_loss_falls_on_a_fixed_batch():
     ctl = make_kl_controller(c)
     losses = [ppo_step(model, ref, opt, batch, scores, ctl, c)["losses/value_loss"] for _ in range(6)]
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+# ---- the sampler: greedy sample_tokens == HF generate, every family, with and without LoRA ------------------------
+@pytest.mark.parametrize("use_lora", [False, True])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sample_tokens_greedy_equals_generate(family, use_lora):
+    from open_chatgpt.data import PromptCollator
+    from open_chatgpt.ppo import sample_tokens, truncate_after_eos
+    model = family_model(family, dropout=0.0)
+    def eos_bias(module, args, kwargs, out):    # EOS once a row's length is a multiple of 4: rows end at different steps
+        n = kwargs["attention_mask"].sum(1)                                                  # (batch,) real tokens so far
+        out.logits[..., TOK.eos_token_id] += 8.0 * (n % 4 == 0).float()[:, None]
+    model.register_forward_hook(eos_bias, with_kwargs=True)
+    if use_lora: model = lora(model, family)
+    b = PromptCollator(TOK, 48)([{"prompt": p} for p in PROMPTS])
+    ids, am = b["input_ids"], b["attention_mask"]
+    ours = sample_tokens(model, ids, am, 12, TOK.eos_token_id, TOK.pad_token_id, do_sample=False)
+    with torch.no_grad():
+        hf = model.generate(input_ids=ids, attention_mask=am, max_new_tokens=12, min_new_tokens=1, do_sample=False,
+                            pad_token_id=TOK.pad_token_id, eos_token_id=TOK.eos_token_id)[:, ids.shape[1]:]
+    hf = torch.nn.functional.pad(hf, (0, 12 - hf.shape[1]), value=TOK.pad_token_id)
+    a, ma, ea = truncate_after_eos(ours, TOK.eos_token_id, TOK.pad_token_id)
+    b_, mb, eb = truncate_after_eos(hf, TOK.eos_token_id, TOK.pad_token_id)
+    assert len(set(ma.sum(1).tolist())) > 1, "the check needs rows that end at different steps"
+    assert torch.equal(a, b_) and torch.equal(ma, mb), f"{family}{' + LoRA' if use_lora else ''}: {a} vs {b_}"

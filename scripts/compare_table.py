@@ -1,0 +1,74 @@
+#!/usr/bin/env python
+"""The algorithm comparison (PPO, DPO, GRPO, RLOO on the same data, SFT start, prompts and judges) from the
+`summary-<algo>.json` files of one pipeline directory, into nbs/index.ipynb (and so README.md) between
+<!-- compare:start --> and <!-- compare:end -->, with a plot of every algorithm's curve in nbs/images/compare.png.
+
+    for a in ppo dpo grpo rloo; do open-chatgpt pipeline --real --algo $a -o runs/compare --resume; done
+    python scripts/compare_table.py runs/compare            # --dry-run prints the Markdown only
+"""
+import argparse, json, sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_table import ROOT, ci, load_note, machine, minutes, write_index  # noqa: E402
+
+ORDER = ("ppo", "dpo", "grpo", "rloo")
+
+
+def load(run: Path) -> dict:
+    found = {p.stem.split("-", 1)[1]: json.loads(p.read_text()) for p in run.glob("summary-*.json")}
+    if not found: raise SystemExit(f"no summary-<algo>.json in {run}: run the pipeline with --algo first")
+    return {a: found[a] for a in ORDER if a in found} | {a: s for a, s in found.items() if a not in ORDER}
+
+
+def plot(runs: dict, path: Path, title: str) -> None:
+    import matplotlib; matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
+    for ax, key in zip(axes, ("proxy", "gold")):
+        for algo, s in runs.items():
+            c = s["curve"]
+            if all(key in x for x in c): ax.plot([x["sqrt_kl"] for x in c], [x[key] - c[0][key] for x in c], "o-", label=algo.upper())
+        bon = next((s["best_of_n"] for s in runs.values() if s["best_of_n"]), [])
+        if bon and key in bon[0]: ax.plot([x["sqrt_kl"] for x in bon], [x[key] - bon[0][key] for x in bon], "s--", c="gray", label="best-of-n")
+        ax.axhline(0, color="gray", lw=0.5); ax.set_xlabel(r"$\sqrt{\mathrm{KL}}$ to the SFT policy"); ax.set_ylabel(f"{key} - SFT")
+        ax.set_title(f"{key} reward model"); ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9); fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True); fig.savefig(path, dpi=110); plt.close(fig)
+
+
+def render(run: Path, draw: bool = True) -> str:
+    runs = load(run)
+    any_ = next(iter(runs.values()))
+    j = any_.get("judge")
+    lines = [f"Same SFT start, proxy reward model, prompts, sampling and gold judge for every algorithm; "
+             f"{any_['n_eval_prompts']} held-out prompts, seed {any_['seed']}; measured on {machine()}."
+             + "".join(f" {a.upper()}:{load_note(s)}" for a, s in runs.items() if s.get("load_avg")) + " "
+             + (f"Gold judge held-out accuracy {ci(j)}." if j else ""), "",
+             "| algorithm | gold win rate vs SFT (95% CI) | gold score - SFT | proxy score - SFT | KL to SFT (nats) | answers that end | length | steps | wall time | peak RSS (GiB) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for algo, s in runs.items():
+        p, sft = s["policies"][algo], s["policies"]["sft"]
+        w = (s["win_rates"].get("gold") or {}).get("rl_vs_sft")
+        d = lambda k: "-" if k not in p or k not in sft else f"{p[k] - sft[k]:+.3f}"
+        lines.append(f"| {algo.upper()} | {ci(w) if w else '-'} | {d('gold')} | {d('proxy')} | {p.get('kl', 0):.2f} | "
+                     f"{p['eos_frac']:.2f} | {p['length']:.1f} | {s['steps']} | {minutes(s['seconds'].get(algo))} | "
+                     f"{s['peak_rss_gib'].get(algo) or 0:.2f} |")
+    bon = any_["best_of_n"]
+    if bon:
+        b = bon[-1]
+        lines.append(f"| best-of-{b['n']} (no training) | - | {b['gold'] - bon[0]['gold']:+.3f} | {b['proxy'] - bon[0]['proxy']:+.3f} | "
+                     f"{b['kl']:.2f} | - | - | - | - | - |")
+    if draw: plot(runs, ROOT / "nbs" / "images" / "compare.png", f"{len(runs)} algorithms, seed {any_['seed']}, {any_['n_eval_prompts']} prompts")
+    lines += ["", "![proxy and gold score against sqrt(KL) for every algorithm](nbs/images/compare.png)"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--dry-run", action="store_true", help="print the table; write neither the README nor the plot")
+    a = ap.parse_args()
+    table = render(a.run, draw=not a.dry_run)
+    print(table)
+    if not a.dry_run: write_index(table, "compare", "<!-- compare:start -->", "<!-- compare:end -->")
