@@ -30,7 +30,7 @@ from .plumbing import (atomic_save, atomic_write_text, context_length, model_dev
 from .ppo import AdapterDisabled, disable_dropout
 from .ppo_core import logprobs_from_logits
 from .reward import check_pairs, wilson_interval
-from .sft import IGNORE_INDEX, lr_factor, make_optimizer, micro_batch_indices
+from .sft import IGNORE_INDEX, make_optimizer, make_scheduler, micro_batch_indices
 
 # %% ../nbs/08_dpo.ipynb #291533c9
 @dataclass
@@ -175,17 +175,7 @@ class DPOConfig:
     seed: int = 0                        # data order and sampling
     output_dir: Optional[str] = None     # metrics.jsonl/.csv, dpo.png, checkpoints; None: keep nothing on disk
 
-    def __post_init__(self):
-        if self.loss_type not in LOSS_TYPES: raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
-        for k in ("beta", "learning_rate"):
-            if not getattr(self, k) > 0: raise ValueError(f"DPOConfig.{k} must be > 0, got {getattr(self, k)}")
-        if not 0 <= self.label_smoothing < 0.5: raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
-        if self.loss_type == "ipo" and self.label_smoothing: raise ValueError("label_smoothing applies to loss_type='sigmoid' only")
-        for k in ("batch_size", "grad_accum", "max_length", "eval_batch_size"):
-            if getattr(self, k) < 1: raise ValueError(f"DPOConfig.{k} must be >= 1, got {getattr(self, k)}")
-        if self.max_steps is not None and self.max_steps < 1: raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
-        if self.lr_schedule not in ("linear", "cosine", "constant"):
-            raise ValueError(f"lr_schedule must be 'linear', 'cosine' or 'constant', got {self.lr_schedule!r}")
+    def __post_init__(self): _check_dpo_config(self)     # the checks: next cell
 
     @property
     def use_average_log_prob(self) -> bool: return self.loss_type == "ipo" if self.average_log_prob is None else self.average_log_prob
@@ -198,6 +188,20 @@ class DPOConfig:
     def warmup_steps(self, total: int) -> int:
         "Warm-up length in steps."
         return int(self.warmup * total) if self.warmup < 1 else int(self.warmup)
+
+# %% ../nbs/08_dpo.ipynb #190c3f2e
+def _check_dpo_config(c: DPOConfig) -> None:
+    "Raise a ValueError naming the setting to change if `c` cannot run (`DPOConfig.__post_init__` calls it)."
+    if c.loss_type not in LOSS_TYPES: raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {c.loss_type!r}")
+    for k in ("beta", "learning_rate"):
+        if not getattr(c, k) > 0: raise ValueError(f"DPOConfig.{k} must be > 0, got {getattr(c, k)}")
+    if not 0 <= c.label_smoothing < 0.5: raise ValueError(f"label_smoothing must be in [0, 0.5), got {c.label_smoothing}")
+    if c.loss_type == "ipo" and c.label_smoothing: raise ValueError("label_smoothing applies to loss_type='sigmoid' only")
+    for k in ("batch_size", "grad_accum", "max_length", "eval_batch_size"):
+        if getattr(c, k) < 1: raise ValueError(f"DPOConfig.{k} must be >= 1, got {getattr(c, k)}")
+    if c.max_steps is not None and c.max_steps < 1: raise ValueError(f"max_steps must be >= 1 or None, got {c.max_steps}")
+    if c.lr_schedule not in ("linear", "cosine", "constant"):
+        raise ValueError(f"lr_schedule must be 'linear', 'cosine' or 'constant', got {c.lr_schedule!r}")
 
 # %% ../nbs/08_dpo.ipynb #a2a004a2
 def _pair_order(pairs, collate) -> list[int]:
@@ -225,6 +229,7 @@ def reference_logps(ref_policy, tokenizer, pairs, config: DPOConfig) -> tuple[to
     "The reference's sequence log-probs of every pair: computed once, reused by every `evaluate_dpo` call."
     return pair_logps(ref_policy, tokenizer, pairs, config)
 
+# %% ../nbs/08_dpo.ipynb #b1b16bba
 def evaluate_dpo(policy, ref_policy, tokenizer, pairs, config: DPOConfig,
                  ref_logps: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> dict:
     "Held-out implicit-reward accuracy (ties 1/2) with its 95% Wilson interval, mean margin, loss and log-ratios."
@@ -303,6 +308,7 @@ def _log_row(out: Optional[Path], history: list[dict]) -> None:
 
 # %% ../nbs/08_dpo.ipynb #94eb6930
 def _eval_row(policy, ref_policy, tokenizer, eval_pairs, kl_prompts, ref_cache, c: DPOConfig) -> dict:
+    "One evaluation as a history row: `evaluate_dpo` under TRL's `eval_...` names, and `sampled_kl` on `kl_prompts`."
     ev = evaluate_dpo(policy, ref_policy, tokenizer, eval_pairs, c, ref_logps=ref_cache)
     row = {"eval_loss": ev["loss"], "eval_rewards/accuracies": ev["accuracy"], "eval_rewards/accuracies_ci_low": ev["ci_low"],
            "eval_rewards/accuracies_ci_high": ev["ci_high"], "eval_rewards/margins": ev["margin"],
@@ -311,6 +317,34 @@ def _eval_row(policy, ref_policy, tokenizer, eval_pairs, kl_prompts, ref_cache, 
     if kl_prompts: row["eval_kl"] = sampled_kl(policy, ref_policy, tokenizer, kl_prompts, c.kl_max_new_tokens, seed=c.seed)
     return row
 
+# %% ../nbs/08_dpo.ipynb #b00d4f7f
+def _dpo_step(policy, ref_policy, train_pairs, collate, optimizer, scheduler, step: int, c: DPOConfig) -> dict:
+    "Optimiser step `step` (from 1): forward and backward over its `grad_accum` micro-batches, clip, step; its row."
+    t0 = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    rows = []
+    for k in range((step - 1) * c.grad_accum, step * c.grad_accum):
+        batch = collate([train_pairs[i] for i in micro_batch_indices(k, len(train_pairs), c.batch_size, c.seed)])
+        loss, metrics = get_batch_loss_metrics(policy, ref_policy, batch, c.beta, c.loss_type, c.label_smoothing,
+                                               c.use_average_log_prob)
+        (loss / c.grad_accum).backward()
+        rows.append({"loss": loss.item(), **metrics})
+    grad_norm = nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.requires_grad], c.max_grad_norm or float("inf"))
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step(); scheduler.step()
+    return {"step": step, **{k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}, "grad_norm": float(grad_norm),
+            "learning_rate": lr, "time/step": time.perf_counter() - t0}
+
+# %% ../nbs/08_dpo.ipynb #f1fc6168
+def _check_dpo_data(policy, train_pairs, eval_pairs, c: DPOConfig) -> tuple:
+    "The checked (training, held-out) pairs, chosen == rejected dropped; a ValueError if max_length exceeds the context."
+    train_pairs = check_pairs(train_pairs, "train_pairs", drop_identical=True)
+    if eval_pairs is not None: eval_pairs = check_pairs(eval_pairs, "eval_pairs", drop_identical=True)
+    ctx = context_length(policy)
+    if ctx is not None and c.max_length > ctx: raise ValueError(f"max_length ({c.max_length}) exceeds the policy's context ({ctx})")
+    return train_pairs, eval_pairs
+
+# %% ../nbs/08_dpo.ipynb #a1e6341c
 def train_dpo(
     policy,  # the trained causal LM (from make_dpo_models), updated in place
     ref_policy,  # the frozen reference
@@ -325,15 +359,9 @@ def train_dpo(
 ) -> list[dict]:
     "Train `policy` with the DPO (or IPO) loss; log statistics per step, evaluate, checkpoint; return the history."
     c = config or DPOConfig()
-    train_pairs = check_pairs(train_pairs, "train_pairs", drop_identical=True)
-    if eval_pairs is not None: eval_pairs = check_pairs(eval_pairs, "eval_pairs", drop_identical=True)
-    ctx = context_length(policy)
-    if ctx is not None and c.max_length > ctx: raise ValueError(f"max_length ({c.max_length}) exceeds the policy's context ({ctx})")
-    collate = DPOCollator(prepare_tokenizer(tokenizer), c.max_length)
-    n, total = len(train_pairs), c.total_steps(len(train_pairs))
-    optimizer = make_optimizer(policy, c)
-    warm = c.warmup_steps(total)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warm, c.lr_schedule))
+    train_pairs, eval_pairs = _check_dpo_data(policy, train_pairs, eval_pairs, c)
+    collate, total = DPOCollator(prepare_tokenizer(tokenizer), c.max_length), c.total_steps(len(train_pairs))
+    optimizer = make_optimizer(policy, c); scheduler = make_scheduler(optimizer, c, total)   # chapter 3's
     seed_everything(c.seed)
     out = Path(c.output_dir) if c.output_dir else None
     start, history = _open_run(out, resume, policy, optimizer, scheduler, c)       # appendix: checkpoints and resume
@@ -342,23 +370,7 @@ def train_dpo(
     policy.train()                                         # dropout is off (make_dpo_models): train == eval numerically
     bar = tqdm(range(start + 1, total + 1), desc="DPO", disable=not progress, initial=start, total=total)
     for step in bar:
-        t0 = time.perf_counter()
-        # ---- forward and backward over grad_accum micro-batches ----
-        optimizer.zero_grad(set_to_none=True)
-        rows = []
-        for k in range((step - 1) * c.grad_accum, step * c.grad_accum):
-            batch = collate([train_pairs[i] for i in micro_batch_indices(k, n, c.batch_size, c.seed)])
-            loss, metrics = get_batch_loss_metrics(policy, ref_policy, batch, c.beta, c.loss_type, c.label_smoothing,
-                                                   c.use_average_log_prob)
-            (loss / c.grad_accum).backward()
-            rows.append({"loss": loss.item(), **metrics})
-        # ---- optimiser step ----
-        grad_norm = nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.requires_grad], c.max_grad_norm or float("inf"))
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step(); scheduler.step()
-        row = {"step": step, **{k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}, "grad_norm": float(grad_norm),
-               "learning_rate": lr, "time/step": time.perf_counter() - t0}
-        # ---- evaluate, log, checkpoint ----
+        row = _dpo_step(policy, ref_policy, train_pairs, collate, optimizer, scheduler, step, c)
         if eval_pairs is not None and (step == total or (c.eval_every and step % c.eval_every == 0)):
             row.update(_eval_row(policy, ref_policy, tokenizer, eval_pairs, kl_prompts, ref_cache, c))
             policy.train()
@@ -367,8 +379,7 @@ def train_dpo(
         if stop_after_steps is not None and step >= stop_after_steps: return history   # simulated kill: no checkpoint
         if (c.save_every and step % c.save_every == 0) or step == total:
             if on_checkpoint is not None: on_checkpoint(step)   # before the save: a kill in between re-runs this step
-        if out is not None and ((c.save_every and step % c.save_every == 0) or step == total):
-            save_dpo_checkpoint(out / "checkpoints" / "last.pt", policy, optimizer, scheduler, step, c)
+            if out is not None: save_dpo_checkpoint(out / "checkpoints" / "last.pt", policy, optimizer, scheduler, step, c)
     policy.eval()
     if out is not None and history: plot_dpo(history, out / "dpo.png")
     return history

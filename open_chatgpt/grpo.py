@@ -184,24 +184,29 @@ class GRPOConfig:
 
     def validate(self, context_length: Optional[int] = None) -> "GRPOConfig":
         "Raise a ValueError naming the setting to change if this configuration cannot run."
-        if self.num_generations < 2: raise ValueError(f"num_generations must be >= 2, got {self.num_generations}")
-        if min(self.batch_size, self.mini_batch_size, self.num_iterations, self.max_new_tokens) < 1:
-            raise ValueError("batch_size, mini_batch_size, num_iterations and max_new_tokens must be >= 1")
-        if self.completions_per_step % self.mini_batch_size:
-            raise ValueError(f"batch_size * num_generations ({self.completions_per_step}) must be a multiple of "
-                             f"mini_batch_size ({self.mini_batch_size})")
-        if self.advantage not in ADVANTAGES: raise ValueError(f"advantage must be one of {ADVANTAGES}, got {self.advantage!r}")
-        if self.loss_type not in LOSS_TYPES: raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
-        if self.advantage == "rloo" and _scale_mode(self.scale_rewards) != "none":
-            raise ValueError("advantage='rloo' has no std scaling: set scale_rewards='none'")
-        for k in ("learning_rate", "epsilon", "max_grad_norm", "temperature", "total_steps"):
-            if not getattr(self, k) > 0: raise ValueError(f"GRPOConfig.{k} must be > 0, got {getattr(self, k)}")
-        if self.beta < 0: raise ValueError(f"beta must be >= 0, got {self.beta}")
-        if not 0 < self.top_p <= 1: raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if context_length is not None and self.max_prompt_length + self.max_new_tokens > context_length:
-            raise ValueError(f"max_prompt_length ({self.max_prompt_length}) + max_new_tokens ({self.max_new_tokens}) "
-                             f"does not fit the policy's context of {context_length} tokens; lower one of them")
+        _check_grpo_config(self, context_length)                      # the checks: next cell
         return self
+
+# %% ../nbs/09_grpo.ipynb #5f4e73a5
+def _check_grpo_config(c: GRPOConfig, context_length: Optional[int] = None) -> None:
+    "Raise a ValueError naming the setting to change if `c` cannot run (`GRPOConfig.validate` calls it)."
+    if c.num_generations < 2: raise ValueError(f"num_generations must be >= 2, got {c.num_generations}")
+    if min(c.batch_size, c.mini_batch_size, c.num_iterations, c.max_new_tokens) < 1:
+        raise ValueError("batch_size, mini_batch_size, num_iterations and max_new_tokens must be >= 1")
+    if c.completions_per_step % c.mini_batch_size:
+        raise ValueError(f"batch_size * num_generations ({c.completions_per_step}) must be a multiple of "
+                         f"mini_batch_size ({c.mini_batch_size})")
+    if c.advantage not in ADVANTAGES: raise ValueError(f"advantage must be one of {ADVANTAGES}, got {c.advantage!r}")
+    if c.loss_type not in LOSS_TYPES: raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {c.loss_type!r}")
+    if c.advantage == "rloo" and _scale_mode(c.scale_rewards) != "none":
+        raise ValueError("advantage='rloo' has no std scaling: set scale_rewards='none'")
+    for k in ("learning_rate", "epsilon", "max_grad_norm", "temperature", "total_steps"):
+        if not getattr(c, k) > 0: raise ValueError(f"GRPOConfig.{k} must be > 0, got {getattr(c, k)}")
+    if c.beta < 0: raise ValueError(f"beta must be >= 0, got {c.beta}")
+    if not 0 < c.top_p <= 1: raise ValueError(f"top_p must be in (0, 1], got {c.top_p}")
+    if context_length is not None and c.max_prompt_length + c.max_new_tokens > context_length:
+        raise ValueError(f"max_prompt_length ({c.max_prompt_length}) + max_new_tokens ({c.max_new_tokens}) "
+                         f"does not fit the policy's context of {context_length} tokens; lower one of them")
 
 # %% ../nbs/09_grpo.ipynb #469f1dde
 def make_grpo_models(sft_model, tokenizer):
@@ -221,6 +226,19 @@ def _ordered_logprobs(model, input_ids, attention_mask, P, c, order, with_entrop
     logprobs, _, entropy = batched_forward(fwd, order, c.mini_batch_size)
     unorder = torch.argsort(order)
     return logprobs[unorder], (entropy[unorder] if entropy is not None else None)
+
+# %% ../nbs/09_grpo.ipynb #9b8b8fe2
+def _minibatch_update(policy, optimizer, params, input_ids, attention_mask, P, idx, old_logprobs, advantages, mask,
+                      ref_logprobs, c) -> dict:
+    "One clipped update of `policy` on the completions `idx`: forward, `grpo_loss`, backward, clip, step; its stats."
+    logprobs, _, _ = forward_logprobs_values(policy, input_ids[idx], attention_mask[idx], P, c.temperature)
+    loss, _, st = grpo_loss(logprobs, old_logprobs[idx], advantages[idx], mask[idx], ref_logprobs[idx],
+                            c.beta, c.epsilon, c.loss_type, c.max_new_tokens, c.use_bias_correction_kl)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    st["grad_norm"] = nn.utils.clip_grad_norm_(params, c.max_grad_norm).detach()
+    optimizer.step()
+    return st
 
 # %% ../nbs/09_grpo.ipynb #bbfc8437
 def grpo_step(
@@ -252,14 +270,8 @@ def grpo_step(
     for perm in perms:
         for start in range(0, B, c.mini_batch_size):
             idx = perm[start:start + c.mini_batch_size]
-            logprobs, _, _ = forward_logprobs_values(policy, input_ids[idx], attention_mask[idx], P, c.temperature)
-            loss, _, st = grpo_loss(logprobs, old_logprobs[idx], advantages[idx], mask[idx], ref_logprobs[idx],
-                                    c.beta, c.epsilon, c.loss_type, c.max_new_tokens, c.use_bias_correction_kl)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            st["grad_norm"] = nn.utils.clip_grad_norm_(params, c.max_grad_norm).detach()
-            optimizer.step()
-            step_stats.append(st)
+            step_stats.append(_minibatch_update(policy, optimizer, params, input_ids, attention_mask, P, idx,
+                                                old_logprobs, advantages, mask, ref_logprobs, c))
     optimizer.zero_grad(set_to_none=True)
     policy.eval()
     return _step_stats(step_stats, rewards, advantages, old_logprobs, ref_logprobs, entropy, mask, c)
@@ -326,6 +338,21 @@ def _log_row(out: Optional[Path], history: list, row: dict) -> None:
     with open(out / "metrics.jsonl", "a") as f: f.write(json.dumps(row) + "\n"); f.flush(); os.fsync(f.fileno())
     write_csv(history, out / "metrics.csv")
 
+# %% ../nbs/09_grpo.ipynb #a32b0ff1
+def _train_step(policy, ref_policy, tokenizer, reward_fn, prompts, optimizer, step: int, c: GRPOConfig) -> dict:
+    "Step `step`: its prompts, a group rollout, the rewards, `grpo_step`; the row of statistics it logs."
+    t0 = time.perf_counter()
+    step_prompts = prompt_batch(prompts, step, c.batch_size, c.seed)
+    batch = rollout(policy, tokenizer, [p for p in step_prompts for _ in range(c.num_generations)], c)
+    raw, rewards = score(reward_fn, batch, c)
+    t1 = time.perf_counter()
+    stats = grpo_step(policy, ref_policy, optimizer, batch, rewards, c)
+    t2 = time.perf_counter()
+    return {"step": step, "env/reward_mean": float(raw.mean()), "env/reward_std": float(raw.std()), **stats,
+            "response/length": float(batch["response_mask"].sum(1).float().mean()),
+            "response/eos_frac": float(batch["has_eos"].float().mean()),
+            "time/rollout": t1 - t0, "time/update": t2 - t1, "time/step": t2 - t0}
+
 # %% ../nbs/09_grpo.ipynb #2a23ca42
 def train_grpo(
     policy,  # causal LM (from `make_grpo_models`), trained in place
@@ -348,17 +375,7 @@ def train_grpo(
     bar = tqdm(range(start + 1, c.total_steps + 1), desc=c.advantage.upper(), disable=not progress, initial=start,
                total=c.total_steps)
     for step in bar:
-        t0 = time.perf_counter()
-        step_prompts = prompt_batch(prompts, step, c.batch_size, c.seed)
-        batch = rollout(policy, tokenizer, [p for p in step_prompts for _ in range(c.num_generations)], c)
-        raw, rewards = score(reward_fn, batch, c)
-        t1 = time.perf_counter()
-        stats = grpo_step(policy, ref_policy, optimizer, batch, rewards, c)
-        t2 = time.perf_counter()
-        row = {"step": step, "env/reward_mean": float(raw.mean()), "env/reward_std": float(raw.std()), **stats,
-               "response/length": float(batch["response_mask"].sum(1).float().mean()),
-               "response/eos_frac": float(batch["has_eos"].float().mean()),
-               "time/rollout": t1 - t0, "time/update": t2 - t1, "time/step": t2 - t0}
+        row = _train_step(policy, ref_policy, tokenizer, reward_fn, prompts, optimizer, step, c)
         _log_row(out, history, row)
         bar.set_postfix(reward=f"{row['env/reward_mean']:.3f}", kl=f"{row['objective/kl']:.3f}",
                         zero_std=f"{row['frac_reward_zero_std']:.2f}")

@@ -32,7 +32,7 @@ from .evaluation import (JudgeConfig, best_of_n, load_or_train_judge, plot_overo
                                      summarize_answers, win_rate)
 from .plumbing import (atomic_write_text, context_length, peak_rss_gib, read_metrics, stage_dir,
                                    write_jsonl)
-from .ppo import PPOConfig, make_ppo_models, reward_model_fn, rollout, same_tokenizer, train_ppo
+from .ppo import PPOConfig, make_ppo_models, plot_dials, reward_model_fn, rollout, same_tokenizer, train_ppo
 from .ppo_core import AdaptiveKLController
 
 # %% ../nbs/10_pipeline.ipynb #e9262d5c
@@ -345,6 +345,7 @@ def run_ppo(cfg: PipelineConfig, resume: bool = False, stop_after_steps: Optiona
     history = train_ppo(model, ref, tok, reward_fn, prompts, ppo_cfg, resume=resume, stop_after_steps=stop_after_steps,
                         on_checkpoint=evaluate)
     if stop_after_steps is not None and len(history) < ppo_cfg.total_steps: return dict(stopped_at=stop_after_steps)
+    plot_dials(history, stage / "dials.png", title=f"PPO, {cfg.model or 'tiny GPT-2'}, seed {cfg.seed}")   # chapter 6
     with stage_dir(stage / "policy") as d: _save_model(model.policy, tok, d)
     _stage_json(stage, "ppo", t0, steps=len(history), config=asdict(ppo_cfg))
     return dict(steps=len(history), seconds=time.perf_counter() - t0)

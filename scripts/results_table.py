@@ -47,7 +47,8 @@ def load_note(s: dict) -> str:
 
 
 def render(run: Path, name: str, copy_image: bool = True) -> str:
-    s = json.loads((run / "summary.json").read_text())
+    # the PPO run's summary when other algorithms ran in the same directory afterwards (--algo X --resume)
+    s = json.loads(((run / "summary-ppo.json") if (run / "summary-ppo.json").exists() else (run / "summary.json")).read_text())
     cfg = json.loads((run / "pipeline_config.json").read_text())
     algo, rm, j, sec, rss = s["algo"], s["reward_model"], s.get("judge"), s["seconds"], s["peak_rss_gib"]
     sft = json.loads((run / "sft" / "stage.json").read_text())

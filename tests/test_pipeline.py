@@ -20,7 +20,7 @@ def done(tmp_path_factory):
 
 def test_pipeline_writes_every_stage(done):
     for f in ["sft/config.json", "sft/metrics.jsonl", "sft/loss.png", "reward/metrics.jsonl", "reward/eval.json",
-              "judge.json", "ppo/policy/config.json", "ppo/metrics.jsonl", "ppo/metrics.csv", "ppo/reward_kl.png",
+              "judge.json", "ppo/policy/config.json", "ppo/metrics.jsonl", "ppo/metrics.csv", "ppo/reward_kl.png", "ppo/dials.png",
               "ppo/checkpoints/last.pt", "ppo/curve.jsonl", "eval/overoptimisation.png", "eval/answers-sft.jsonl",
               "summary.json", "pipeline_config.json"]:
         assert (done / f).exists(), f
