@@ -49,9 +49,11 @@ export-check: install
 # README.md is generated from nbs/index.ipynb (nbdev_readme needs quarto, so nbconvert does it)
 readme: install
 	$(BIN)/jupyter nbconvert --log-level WARN --to markdown nbs/index.ipynb --output-dir . --output README
+	sed -i 's#](images/#](nbs/images/#g' README.md   # the index's figures live in nbs/images/
 
 readme-check: install
 	@tmp=$$(mktemp -d); $(BIN)/jupyter nbconvert --log-level WARN --to markdown nbs/index.ipynb --output-dir $$tmp --output README; \
+	sed -i 's#](images/#](nbs/images/#g' $$tmp/README.md; \
 	if ! cmp -s $$tmp/README.md README.md; then echo "FAIL: README.md is stale; run 'make readme' and commit"; diff $$tmp/README.md README.md | head -20; exit 1; \
 	else echo "ok: README.md matches nbs/index.ipynb"; fi
 

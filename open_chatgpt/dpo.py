@@ -27,7 +27,7 @@ from .data import SFTCollator
 from .models import is_lora, model_inputs, prepare_model, prepare_tokenizer
 from .plumbing import (atomic_save, atomic_write_text, context_length, model_device, read_metrics,
                                    rng_state, seed_everything, set_rng_state, write_csv)
-from .ppo import AdapterDisabled, disable_dropout
+from .ppo import AdapterDisabled, disable_dropout, fresh_lora, lora_trained
 from .ppo_core import logprobs_from_logits
 from .reward import check_pairs, wilson_interval
 from .sft import IGNORE_INDEX, make_optimizer, make_scheduler, micro_batch_indices
@@ -133,17 +133,10 @@ def get_batch_loss_metrics(
     return losses.mean(), metrics
 
 # %% ../nbs/08_dpo.ipynb #f984842b
-def _fresh_lora(model):
-    "A LoRA model whose trained adapters are merged into the base and replaced by fresh ones (lora_B = 0)."
-    from peft import get_peft_model
-    lora_cfg = copy.deepcopy(model.peft_config[model.active_adapter])
-    return get_peft_model(copy.deepcopy(model).merge_and_unload(), lora_cfg)
-
 def make_dpo_models(sft_model, tokenizer) -> tuple[nn.Module, nn.Module]:
     "The trained policy (a copy of the SFT model, dropout off) and its frozen reference (a copy, or `AdapterDisabled` for LoRA)."
-    if is_lora(sft_model):
-        trained = any(p.abs().sum() > 0 for n, p in sft_model.named_parameters() if "lora_B" in n)
-        policy = _fresh_lora(sft_model) if trained else copy.deepcopy(sft_model)
+    if is_lora(sft_model):                           # trained adapters are merged, fresh ones train (chapter 6's fresh_lora)
+        policy = fresh_lora(sft_model) if lora_trained(sft_model) else copy.deepcopy(sft_model)
         policy = disable_dropout(prepare_model(policy, tokenizer)).eval()
         return policy, AdapterDisabled(policy)
     policy = disable_dropout(prepare_model(copy.deepcopy(sft_model), tokenizer)).eval()

@@ -6,9 +6,9 @@
 __all__ = ['SHOWCASE', 'ALGOS', 'PPO_DEFAULTS', 'GRPO_DEFAULTS', 'DPO_DEFAULTS', 'RL_STAGES', 'JUDGE', 'DEMO', 'QUICK_RUN',
            'REAL_RUN', 'PipelineConfig', 'make_config', 'run_tokenizer', 'load_data', 'eval_prompts', 'history_rows',
            'run_sft', 'normalise_reward', 'run_reward', 'load_proxy', 'load_judge', 'run_judge', 'judges', 'ppo_models',
-           'read_curve', 'checkpoint_evaluator', 'answer_rows', 'run_ppo', 'run_grpo', 'run_dpo', 'policy_answers',
-           'compare', 'run_eval', 'write_summary', 'build_summary', 'model_config', 'check_config', 'format_summary',
-           'run_pipeline', 'chat', 'build_parser', 'config_from_args', 'main']
+           'read_curve', 'checkpoint_evaluator', 'answer_rows', 'run_ppo', 'grpo_config', 'run_grpo', 'run_dpo',
+           'policy_answers', 'compare', 'run_eval', 'write_summary', 'build_summary', 'model_config', 'check_config',
+           'format_summary', 'run_pipeline', 'chat', 'build_parser', 'config_from_args', 'main']
 
 # %% ../nbs/10_pipeline.ipynb #853439ce
 import argparse
@@ -354,18 +354,24 @@ def run_ppo(cfg: PipelineConfig, resume: bool = False, stop_after_steps: Optiona
 GRPO_DEFAULTS = dict(learning_rate=1e-4, batch_size=8, num_generations=4, mini_batch_size=8, beta=0.04, total_steps=40,
                      save_every=5)
 
+def grpo_config(cfg: PipelineConfig):
+    "The GRPOConfig of `--algo grpo|rloo`: GRPO_DEFAULTS, the algorithm's advantage, PPO's sampling settings, the `grpo` block."
+    from open_chatgpt.grpo import GRPOConfig
+    gen = make_config(PPOConfig, cfg.ppo, **PPO_DEFAULTS)                        # the same sampling as PPO and the evaluation
+    algo_defaults = dict(advantage="rloo", scale_rewards="none") if cfg.algo == "rloo" else dict(advantage="grpo")
+    return make_config(GRPOConfig, cfg.grpo, **{**GRPO_DEFAULTS, **algo_defaults, "max_new_tokens": gen.max_new_tokens,
+                       "max_prompt_length": gen.max_prompt_length, "temperature": gen.temperature,
+                       "missing_eos_penalty": gen.missing_eos_penalty, "seed": cfg.seed,
+                       "output_dir": str(Path(cfg.output_dir) / cfg.algo)})
+
 def run_grpo(cfg: PipelineConfig, resume: bool = False, stop_after_steps: Optional[int] = None, log=print) -> dict:
     "Stage 4 with GRPO or RLOO: the SFT policy against the proxy, no critic, evaluated at every checkpoint."
-    from open_chatgpt.grpo import GRPOConfig, make_grpo_models, train_grpo
+    from open_chatgpt.grpo import make_grpo_models, train_grpo
     from open_chatgpt.sft import load_policy
     out, t0 = Path(cfg.output_dir), time.perf_counter()
     rm, stage = load_proxy(cfg), out / cfg.algo
     tok = get_tokenizer(str(out / "sft"))
-    gen = make_config(PPOConfig, cfg.ppo, **PPO_DEFAULTS)                        # the same sampling as PPO and the evaluation
-    algo_defaults = dict(advantage="rloo", scale_rewards="none") if cfg.algo == "rloo" else dict(advantage="grpo")
-    gcfg = make_config(GRPOConfig, cfg.grpo, **{**GRPO_DEFAULTS, **algo_defaults, "max_new_tokens": gen.max_new_tokens,
-                       "max_prompt_length": gen.max_prompt_length, "temperature": gen.temperature,
-                       "missing_eos_penalty": gen.missing_eos_penalty, "seed": cfg.seed, "output_dir": str(stage)})
+    gcfg = grpo_config(cfg)
     policy, ref = make_grpo_models(load_policy(str(out / "sft"), tokenizer=tok, lora=cfg.lora), tok)
     gcfg.validate(context_length(policy))
     fresh = not (resume and (stage / "checkpoints" / "last.pt").exists())
@@ -384,20 +390,24 @@ DPO_DEFAULTS = dict(beta=0.1, learning_rate=1e-4, batch_size=8, max_steps=40, ma
 
 def run_dpo(cfg: PipelineConfig, resume: bool = False, stop_after_steps: Optional[int] = None, log=print) -> dict:
     "Stage 4 with DPO: the SFT policy on the training comparisons (no reward model), evaluated at every checkpoint."
-    from open_chatgpt.dpo import DPOConfig, make_dpo_models, train_dpo
+    from open_chatgpt.dpo import DPOConfig, filter_pairs, make_dpo_models, train_dpo
+    from open_chatgpt.reward import check_pairs
     from open_chatgpt.sft import load_policy
     out, t0, stage = Path(cfg.output_dir), time.perf_counter(), Path(cfg.output_dir) / "dpo"
     tok = get_tokenizer(str(out / "sft"))
     dcfg = make_config(DPOConfig, cfg.dpo, **{**DPO_DEFAULTS, "seed": cfg.seed, "output_dir": str(stage)})
     policy, ref = make_dpo_models(load_policy(str(out / "sft"), tokenizer=tok, lora=cfg.lora), tok)
+    # pairs that fit untruncated: cutting chosen and rejected separately would condition them on different contexts
+    train = filter_pairs(check_pairs(load_data(cfg, "pairs", "train"), "train pairs", drop_identical=True), tok, dcfg.max_length)
+    eval_pairs = filter_pairs(load_data(cfg, "pairs", "test"), tok, dcfg.max_length)
+    eval_pairs = eval_pairs.select(range(min(cfg.n_eval_prompts, len(eval_pairs))))
+    log(f"[dpo] {len(train)} training and {len(eval_pairs)} held-out comparisons fit in max_length={dcfg.max_length}")
     fresh = not (resume and (stage / "checkpoints" / "last.pt").exists())
     evaluate = checkpoint_evaluator(cfg, policy, ref, tok, stage, fresh, log)
-    eval_pairs = load_data(cfg, "pairs", "test")
-    eval_pairs = eval_pairs.select(range(min(cfg.n_eval_prompts, len(eval_pairs))))
-    history = train_dpo(policy, ref, tok, load_data(cfg, "pairs", "train"), eval_pairs, dcfg, resume=resume,
-                        stop_after_steps=stop_after_steps, on_checkpoint=evaluate)
-    total = dcfg.total_steps(len(load_data(cfg, "pairs", "train")))
-    if stop_after_steps is not None and len(history) < total: return dict(stopped_at=stop_after_steps)
+    history = train_dpo(policy, ref, tok, train, eval_pairs, dcfg, resume=resume, stop_after_steps=stop_after_steps,
+                        on_checkpoint=evaluate)
+    if stop_after_steps is not None and history and history[-1]["step"] < dcfg.total_steps(len(train)):
+        return dict(stopped_at=stop_after_steps)
     with stage_dir(stage / "policy") as d: _save_model(policy, tok, d)
     _stage_json(stage, "dpo", t0, steps=len(history), config=asdict(dcfg))
     return dict(steps=len(history), seconds=time.perf_counter() - t0)
@@ -485,8 +495,9 @@ def run_eval(cfg: PipelineConfig, log=print) -> dict:
         for name, a in ans.items():
             write_jsonl(answer_rows(a), d / f"answers-{name}.jsonl")
             atomic_write_text(d / f"answers-{name}.json", json.dumps(dict(key=a["key"], n=a["n"], greedy=a["greedy"])))
-        plot_overoptimisation(res["curve"], res["best_of_n"], d / "overoptimisation.png",
-                              title=f"{cfg.model or 'tiny GPT-2'}, {cfg.algo}, seed {cfg.seed}, {len(final['responses'])} held-out prompts")
+        for name in ("overoptimisation.png", f"overoptimisation-{cfg.algo}.png"):   # the last run's, and one per algorithm
+            plot_overoptimisation(res["curve"], res["best_of_n"], d / name,
+                                  title=f"{cfg.model or 'tiny GPT-2'}, {cfg.algo}, seed {cfg.seed}, {len(final['responses'])} held-out prompts")
         _stage_json(d, "eval", t0)
     summary = build_summary(cfg, ans, final, res, greedy_final)
     write_summary(out, summary)
@@ -519,6 +530,7 @@ def build_summary(cfg: PipelineConfig, ans: dict, final: dict, res: dict, greedy
                 for m, s, r, b in zip(cfg.showcase, ans["sft"]["greedy"], greedy_final,
                                       ans.get("base", {}).get("greedy") or [None] * len(cfg.showcase))]
     return dict(algo=cfg.algo, seed=cfg.seed, model=cfg.model, n_eval_prompts=len(final["responses"]),
+                sft_answers_key=ans["sft"]["key"],       # same key = same SFT policy, prompts, judges: comparable runs
                 reward_model=dict(accuracy=rm_eval["accuracy"], ci_low=rm_eval["ci_low"], ci_high=rm_eval["ci_high"],
                                   n=rm_eval["n"], baselines=rm_eval.get("baselines"), beats_bow=rm_eval.get("beats_bow"),
                                   normalisation=rm_eval.get("normalisation")),
@@ -557,9 +569,7 @@ def check_config(cfg: PipelineConfig) -> None:
         jc = make_config(JudgeConfig, cfg.judge)
         if jc.backbone != "tiny": model_config(jc.backbone, "gold judge backbone")
     ppo_cfg.validate(ctx)
-    if cfg.algo in ("grpo", "rloo"):
-        from open_chatgpt.grpo import GRPOConfig
-        make_config(GRPOConfig, cfg.grpo, **GRPO_DEFAULTS).validate()
+    if cfg.algo in ("grpo", "rloo"): grpo_config(cfg).validate(ctx)
     if cfg.algo == "dpo":
         from open_chatgpt.dpo import DPOConfig
         dcfg = make_config(DPOConfig, cfg.dpo, **DPO_DEFAULTS)                 # __post_init__ checks the values
@@ -680,7 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in [("pipeline", "SFT -> reward model -> PPO, end to end"), ("sft", "stage 1 only"),
                         ("reward", "stage 2 only (needs the sft stage's output)"),
-                        ("ppo", "stage 3 only (needs the sft and reward outputs)")]:
+                        ("ppo", "the RL stage only, PPO or --algo (needs the sft and reward outputs)")]:
         s = sub.add_parser(name, help=help_)
         s.add_argument("--config", help="JSON file of PipelineConfig fields (stage blocks 'sft', 'reward', 'ppo')")
         s.add_argument("--output-dir", "-o", help="output directory (default runs/default)")
@@ -740,7 +750,7 @@ def main(argv: Optional[list] = None) -> int:
         if args.command == "pipeline": run_pipeline(cfg, resume=args.resume, stop_after_steps=args.stop_after_steps)
         elif args.command == "sft": run_sft(cfg)
         elif args.command == "reward": run_reward(cfg)
-        else: run_ppo(cfg, resume=args.resume, stop_after_steps=args.stop_after_steps)
+        else: RL_STAGES[cfg.algo](cfg, resume=args.resume, stop_after_steps=args.stop_after_steps)
     except (ValueError, FileNotFoundError) as e:
         print(f"open-chatgpt {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -4,11 +4,12 @@
 
 # %% auto #0
 __all__ = ['DROPOUT_FIELDS', 'MINIBATCH_STATS', 'DIALS', 'PPOConfig', 'disable_dropout', 'value_head', 'Critic', 'PolicyAndValue',
-           'AdapterDisabled', 'make_ppo_models', 'truncate_after_eos', 'sample_next', 'sample_tokens', 'rollout',
-           'same_tokenizer', 'reward_model_fn', 'sentiment_reward_fn', 'score', 'forward_logprobs_values',
-           'batched_forward', 'old_logprobs_values', 'advantages_and_returns', 'kl_per_response', 'ppo_minibatch_loss',
-           'ppo_update', 'mean_stats', 'ppo_step', 'prompt_batch', 'RunningMoments', 'scale_scores',
-           'make_kl_controller', 'stats_row', 'train_ppo', 'evaluate_policy', 'plot_reward_kl', 'plot_dials']
+           'AdapterDisabled', 'lora_trained', 'fresh_lora', 'make_ppo_models', 'truncate_after_eos', 'sample_next',
+           'sample_tokens', 'rollout', 'same_tokenizer', 'reward_model_fn', 'sentiment_reward_fn', 'score',
+           'forward_logprobs_values', 'batched_forward', 'old_logprobs_values', 'advantages_and_returns',
+           'kl_per_response', 'ppo_minibatch_loss', 'ppo_update', 'mean_stats', 'ppo_step', 'prompt_batch',
+           'RunningMoments', 'scale_scores', 'make_kl_controller', 'stats_row', 'train_ppo', 'evaluate_policy',
+           'plot_reward_kl', 'plot_dials']
 
 # %% ../nbs/06_ppo.ipynb #51191a9d
 import copy
@@ -193,12 +194,25 @@ class AdapterDisabled(nn.Module):
     def forward(self, *args, **kwargs):
         with self.model.disable_adapter(): return self.model(*args, **kwargs)
 
+# %% ../nbs/06_ppo.ipynb #411b03a2
+def lora_trained(model) -> bool:
+    "True if a LoRA model's adapters change its output (some `lora_B` is non-zero)."
+    return any(bool(p.detach().abs().sum() > 0) for n, p in model.named_parameters() if "lora_B" in n)
+
+def fresh_lora(model):
+    "A copy whose trained LoRA adapters are merged into the base and replaced by fresh ones (lora_B = 0)."
+    from peft import get_peft_model
+    cfg = copy.deepcopy(model.peft_config[model.active_adapter])
+    cfg.init_lora_weights, cfg.inference_mode = True, False           # new adapters start at zero and train
+    return get_peft_model(copy.deepcopy(model).merge_and_unload(), cfg)
+
 # %% ../nbs/06_ppo.ipynb #6fa7ab4c
 def make_ppo_models(sft_model, tokenizer, reward_model=None, critic_init: str = "reward",
                     shared_backbone: bool = False):
     "The trained `PolicyAndValue` (actor + critic) and the frozen reference, all from the SFT model (and reward model)."
     if critic_init not in ("reward", "sft"): raise ValueError(f"critic_init must be 'reward' or 'sft', got {critic_init!r}")
-    actor = disable_dropout(prepare_model(copy.deepcopy(sft_model), tokenizer)).eval()
+    start = fresh_lora(sft_model) if is_lora(sft_model) and lora_trained(sft_model) else copy.deepcopy(sft_model)
+    actor = disable_dropout(prepare_model(start, tokenizer)).eval()
     ref_policy = AdapterDisabled(actor) if is_lora(actor) else copy.deepcopy(actor).requires_grad_(False)
     if shared_backbone: critic = None
     elif critic_init == "reward" and reward_model is not None:

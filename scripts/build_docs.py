@@ -424,6 +424,9 @@ def write_assets(out: Path, build: Path):
         return []
     shutil.copytree(es5, assets / "mathjax", ignore=skip)
     shutil.copy(HERE / "static" / "site.css", assets / "site.css")
+    if (NBS / "images").is_dir():                     # figures the chapters show: ![...](images/x.png)
+        if (out / "images").exists(): shutil.rmtree(out / "images")
+        shutil.copytree(NBS / "images", out / "images")
 
 # ----------------------------------------------------------------------------------------------------------
 # 5. link checker

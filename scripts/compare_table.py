@@ -18,6 +18,10 @@ ORDER = ("ppo", "dpo", "grpo", "rloo")
 def load(run: Path) -> dict:
     found = {p.stem.split("-", 1)[1]: json.loads(p.read_text()) for p in run.glob("summary-*.json")}
     if not found: raise SystemExit(f"no summary-<algo>.json in {run}: run the pipeline with --algo first")
+    keys = {a: s.get("sft_answers_key") for a, s in found.items()}
+    if len(set(keys.values())) > 1 or None in keys.values():
+        raise SystemExit(f"the runs in {run} are not comparable (different SFT policy, prompts, seed or judges: "
+                         f"SFT answer keys {keys}); run every --algo with --resume in one directory")
     return {a: found[a] for a in ORDER if a in found} | {a: s for a, s in found.items() if a not in ORDER}
 
 
@@ -51,7 +55,8 @@ def render(run: Path, draw: bool = True) -> str:
         p, sft = s["policies"][algo], s["policies"]["sft"]
         w = (s["win_rates"].get("gold") or {}).get("rl_vs_sft")
         d = lambda k: "-" if k not in p or k not in sft else f"{p[k] - sft[k]:+.3f}"
-        lines.append(f"| {algo.upper()} | {ci(w) if w else '-'} | {d('gold')} | {d('proxy')} | {p.get('kl', 0):.2f} | "
+        kl = "-" if p.get("kl") is None else f"{p['kl']:.2f}"
+        lines.append(f"| {algo.upper()} | {ci(w) if w else '-'} | {d('gold')} | {d('proxy')} | {kl} | "
                      f"{p['eos_frac']:.2f} | {p['length']:.1f} | {s['steps']} | {minutes(s['seconds'].get(algo))} | "
                      f"{s['peak_rss_gib'].get(algo) or 0:.2f} |")
     bon = any_["best_of_n"]
@@ -60,7 +65,7 @@ def render(run: Path, draw: bool = True) -> str:
         lines.append(f"| best-of-{b['n']} (no training) | - | {b['gold'] - bon[0]['gold']:+.3f} | {b['proxy'] - bon[0]['proxy']:+.3f} | "
                      f"{b['kl']:.2f} | - | - | - | - | - |")
     if draw: plot(runs, ROOT / "nbs" / "images" / "compare.png", f"{len(runs)} algorithms, seed {any_['seed']}, {any_['n_eval_prompts']} prompts")
-    lines += ["", "![proxy and gold score against sqrt(KL) for every algorithm](nbs/images/compare.png)"]
+    lines += ["", "![proxy and gold score against sqrt(KL) for every algorithm](images/compare.png)"]
     return "\n".join(lines)
 
 

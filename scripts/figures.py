@@ -67,7 +67,7 @@ def run_info(run: Path) -> dict:
         model = f"embedded tiny GPT-2 (n_layer={t.get('n_layer', '?')}, n_embd={t.get('n_embd', '?')})"
     rm = cfg.get("reward_model") or "the SFT model"
     return dict(dir=str(run), model=model, reward_model=rm, seed=cfg.get("seed", summ.get("seed")),
-                algo=cfg.get("algo") or summ.get("algo") or "ppo", lora=cfg.get("lora") is not None)
+                algo="ppo", lora=cfg.get("lora") is not None)   # the PPO figures read ppo/ whatever ran last
 
 
 def footer(info: dict, m: dict) -> str:

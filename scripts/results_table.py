@@ -93,9 +93,11 @@ def render(run: Path, name: str, copy_image: bool = True) -> str:
     for k, h in (("sqrt_kl", "sqrt KL"), ("proxy", "proxy"), ("gold", "gold"), ("length", "length"), ("eos_frac", "ended")):
         if all(k in x for x in c): lines.append(f"| {h} | " + " | ".join(f"{x[k]:.3f}" for x in c) + " |")
     img = ROOT / "nbs" / "images" / f"overoptimisation-{name}.png"
-    if (run / "eval" / "overoptimisation.png").exists():
-        if copy_image: img.parent.mkdir(parents=True, exist_ok=True); shutil.copy(run / "eval" / "overoptimisation.png", img)
-        lines += ["", f"![over-optimisation curve of this run](nbs/images/{img.name})"]
+    src = run / "eval" / f"overoptimisation-{algo}.png"
+    src = src if src.exists() else run / "eval" / "overoptimisation.png"
+    if src.exists():
+        if copy_image: img.parent.mkdir(parents=True, exist_ok=True); shutil.copy(src, img)
+        lines += ["", f"![over-optimisation curve of this run](images/{img.name})"]   # README: nbs/images/ (make readme)
     lines += ["", f"| prompt | SFT | {algo.upper()} |", "|---|---|---|"]
     for x in s["samples"]:
         p = x["prompt"].rsplit("Human:", 1)[-1].replace("Assistant:", "").strip()
@@ -116,8 +118,7 @@ def write_index(table: str, name: str, start: str = None, end: str = None):
             break
     else: raise SystemExit(f"no {START} marker in {p}")
     nbformat.write(nb, p)
-    subprocess.run([str(Path(sys.executable).parent / "jupyter"), "nbconvert", "--log-level", "WARN", "--to", "markdown",
-                    str(p), "--output-dir", str(ROOT), "--output", "README"], check=True)
+    subprocess.run(["make", "-C", str(ROOT), "readme"], check=True)     # README.md from the index, image paths fixed
 
 
 if __name__ == "__main__":

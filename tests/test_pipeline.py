@@ -131,8 +131,12 @@ def test_every_algo_on_the_same_run_and_the_comparison_table(done, tmp_path):
         assert [c["step"] for c in s["curve"]] == list(range(0, steps + 1))   # SFT, then every checkpoint
         assert (run / algo / "policy" / "config.json").exists()
         assert s["win_rates"]["gold"]["rl_vs_sft"]["n"] == 4
-    dpo_rows = read_metrics(run / "dpo" / "metrics.jsonl")
-    assert dpo_rows[-1]["eval_rewards/accuracies"] is not None and dpo_rows[0]["loss"] > 0
+    import math
+    dpo_rows = read_metrics(run / "dpo" / "metrics.jsonl")       # step 1 starts at the SFT policy = the reference:
+    assert abs(dpo_rows[0]["loss"] - math.log(2)) < 1e-5 and abs(dpo_rows[0]["rewards/margins"]) < 1e-6
+    assert dpo_rows[-1]["eval_rewards/accuracies"] is not None
+    for algo in ("grpo", "rloo"):                                # sampled from the reference itself: KL exactly 0
+        assert abs(read_metrics(run / algo / "metrics.jsonl")[0]["objective/kl"]) < 1e-5
     assert before == {p: p.stat().st_mtime_ns for d in ("sft", "reward") for p in (run / d).rglob("*") if p.is_file()}
     assert (run / "eval" / "answers-sft.jsonl").read_text() == sft_answers  # the SFT policy was not sampled again
     out = subprocess.run([sys.executable, "scripts/compare_table.py", str(run), "--dry-run"], capture_output=True,
