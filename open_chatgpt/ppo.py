@@ -5,14 +5,15 @@
 # %% auto #0
 __all__ = ['DROPOUT_FIELDS', 'MINIBATCH_STATS', 'DIALS', 'PPOConfig', 'disable_dropout', 'value_head', 'Critic', 'PolicyAndValue',
            'AdapterDisabled', 'lora_trained', 'fresh_lora', 'make_ppo_models', 'truncate_after_eos', 'sample_next',
-           'sample_tokens', 'rollout', 'same_tokenizer', 'reward_model_fn', 'sentiment_reward_fn', 'score',
-           'forward_logprobs_values', 'batched_forward', 'old_logprobs_values', 'advantages_and_returns',
+           'logits_to_keep_kw', 'sample_tokens', 'rollout', 'same_tokenizer', 'reward_model_fn', 'sentiment_reward_fn',
+           'score', 'forward_logprobs_values', 'batched_forward', 'old_logprobs_values', 'advantages_and_returns',
            'kl_per_response', 'ppo_minibatch_loss', 'ppo_update', 'mean_stats', 'ppo_step', 'prompt_batch',
            'RunningMoments', 'scale_scores', 'make_kl_controller', 'stats_row', 'train_ppo', 'evaluate_policy',
            'plot_reward_kl', 'plot_dials']
 
 # %% ../nbs/06_ppo.ipynb #51191a9d
 import copy
+import inspect
 import json
 import math
 import os
@@ -171,9 +172,9 @@ class PolicyAndValue(nn.Module):
     @property
     def shared(self) -> bool: return self.critic is None
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        "Logits (batch, seq, vocab) of the actor and values (batch, seq) of the critic."
-        out = self.policy(**model_inputs(self.policy, input_ids, attention_mask), output_hidden_states=self.shared)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kw):
+        "Logits (batch, seq, vocab) of the actor and values (batch, seq) of the critic; `kw` go to the actor (logits_to_keep)."
+        out = self.policy(**model_inputs(self.policy, input_ids, attention_mask), output_hidden_states=self.shared, **kw)
         values = self.v_head(out.hidden_states[-1]).squeeze(-1) if self.shared else self.critic(input_ids, attention_mask)
         return out.logits, values.float()
 
@@ -257,6 +258,13 @@ def _select_rows(cache, keep: torch.Tensor):
     if hasattr(cache, "batch_select_indices"): cache.batch_select_indices(keep); return cache
     return tuple(tuple(x[keep] for x in layer) for layer in cache)
 
+# %% ../nbs/06_ppo.ipynb #80e85162
+def logits_to_keep_kw(model, n: int) -> dict:
+    "The keyword that makes a causal LM compute logits for its last `n` positions only ({} if its forward has none)."
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft's forward takes **kwargs
+    params = inspect.signature(base.forward).parameters
+    return next(({k: n} for k in ("logits_to_keep", "num_logits_to_keep") if k in params), {})  # transformers 5 / 4.45
+
 # %% ../nbs/06_ppo.ipynb #ae6b9860
 @torch.no_grad()
 def sample_tokens(
@@ -272,7 +280,7 @@ def sample_tokens(
     "Responses with a KV cache; a row leaves the batch (and the cache) as soon as it writes EOS."
     B = query.shape[0]
     out = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=query.device)
-    o = model(**model_inputs(model, query, query_mask), use_cache=True)               # prefill: the whole prompt
+    o = model(**model_inputs(model, query, query_mask), use_cache=True, **logits_to_keep_kw(model, 1))  # prefill: the whole prompt, last logit
     cache, logits = o.past_key_values, o.logits[:, -1]
     rows, am = torch.arange(B, device=query.device), query_mask                        # rows still answering
     pos, with_pos = position_ids_from_mask(query_mask)[:, -1], accepts_position_ids(model)
@@ -392,13 +400,22 @@ def forward_logprobs_values(
     with_entropy: bool = False,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:  # logprobs, values, entropy; each (batch, R)
     "Response log-probs (and values, entropy) in one forward pass; positions from the attention mask."
-    if isinstance(model, PolicyAndValue): logits, values = model(input_ids, attention_mask)
-    else: logits, values = model(**model_inputs(model, input_ids, attention_mask)).logits, None
-    logits = logits[:, context_length - 1:-1].float() / temperature               # (batch, R, vocab)
-    logprobs = logprobs_from_logits(logits, input_ids[:, context_length:])         # (batch, R)
-    values = values[:, context_length - 1:-1] if values is not None else None      # (batch, R)
-    entropy = entropy_from_logits(logits) if with_entropy else None                # (batch, R)
-    return logprobs, values, entropy
+    R = input_ids.shape[1] - context_length
+    real = attention_mask.bool().any(0).nonzero()                                  # columns holding a real token
+    lo = min(int(real[0]), context_length - 1)                                     # cut the columns that are padding in
+    hi = max(int(real[-1]) + 1, context_length + 1)                                # every row (left of the prompts, right of the responses)
+    input_ids, attention_mask, P = input_ids[:, lo:hi], attention_mask[:, lo:hi], context_length - lo
+    r = input_ids.shape[1] - P                                                     # response columns kept
+    keep = logits_to_keep_kw(model.policy if isinstance(model, PolicyAndValue) else model, r + 1)  # LM head: last r + 1 only
+    if isinstance(model, PolicyAndValue): logits, values = model(input_ids, attention_mask, **keep)
+    else: logits, values = model(**model_inputs(model, input_ids, attention_mask), **keep).logits, None
+    logits = logits[:, -(r + 1):-1].float()                                         # (batch, r, vocab)
+    if temperature != 1.0: logits = logits / temperature
+    logprobs = logprobs_from_logits(logits, input_ids[:, P:])                      # (batch, r)
+    values = values[:, P - 1:-1] if values is not None else None                   # (batch, r)
+    entropy = entropy_from_logits(logits) if with_entropy else None                # (batch, r)
+    pad = lambda x: x if x is None or r == R else nn.functional.pad(x, (0, R - r))  # (batch, R): 0 past the responses
+    return pad(logprobs), pad(values), pad(entropy)
 
 # %% ../nbs/06_ppo.ipynb #e3fbb5e4
 def _sequences(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:

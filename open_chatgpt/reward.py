@@ -290,9 +290,13 @@ def _pair_batches(pairs, batch_size: int, gen: torch.Generator):
 # %% ../nbs/04_reward.ipynb #b34f0514
 def _pair_loss(rm: RewardModel, batch: dict, n_pairs: int, device, margin=None, bf16: bool = False) -> tuple[torch.Tensor, float]:
     "Pairwise loss (with grad) and accuracy of one collated batch: rows 0..B-1 chosen, B..2B-1 rejected."
+    ids, am = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    def half(rows):                                                   # one forward per half, cut to its own length
+        real = am[rows].bool().any(0).nonzero()                       # columns holding a real token
+        cols = slice(int(real[0]), int(real[-1]) + 1)
+        return rm(ids[rows, cols], am[rows, cols])                    # (B,)
     with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
-        rewards = rm(batch["input_ids"].to(device), batch["attention_mask"].to(device))  # (2B,)
-    chosen, rejected = rewards[:n_pairs], rewards[n_pairs:]                               # (B,) each
+        chosen, rejected = half(slice(0, n_pairs)), half(slice(n_pairs, None))               # (B,) each
     return pairwise_loss(chosen, rejected, margin), (chosen > rejected).float().mean().item()
 
 # %% ../nbs/04_reward.ipynb #5625a82e

@@ -3,6 +3,7 @@
 README.md, between <!-- bench:start --> and <!-- bench:end -->: the README's performance numbers are never typed by hand.
 
     make bench && python scripts/bench_table.py
+    python bench/run.py --real --proposal && python scripts/bench_table.py --real bench/results-real-proposal.md
 """
 import sys
 from pathlib import Path
@@ -11,6 +12,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_table import ROOT, write_index  # noqa: E402
 
 if __name__ == "__main__":
-    text = (ROOT / "bench" / "results.md").read_text().strip().splitlines()
+    real = "--real" in sys.argv
+    src = Path(sys.argv[-1]) if real and not sys.argv[-1].startswith("--") else ROOT / "bench" / ("results-real.md" if real else "results.md")
+    text = src.read_text().strip().splitlines()
     body = [("###" + l[2:]) if l.startswith("## ") else l for l in text if not l.startswith("# ")]
-    write_index("\n".join(body).strip(), "bench", start="<!-- bench:start -->", end="<!-- bench:end -->")
+    name = "bench-real" if real else "bench"
+    write_index("\n".join(body).strip(), name, start=f"<!-- {name}:start -->", end=f"<!-- {name}:end -->")

@@ -149,6 +149,9 @@ def test_step_changes_every_trainable_parameter_and_not_the_reference(tok, promp
     if use_lora: assert trainable and all("lora_" in n for n in trainable) and type(ref).__name__ == "AdapterDisabled"
     cfg = GRPOConfig(batch_size=2, num_generations=4, mini_batch_size=8, max_new_tokens=6, max_prompt_length=32, beta=0.04)
     _step(tok, prompts, policy, ref, cfg)
+    if use_lora:   # trained adapters were merged and fresh ones start at B = 0: A's gradient is 0 until B has moved
+        assert all(not torch.equal(p, trainable[n]) for n, p in policy.named_parameters() if "lora_B" in n)
+        _step(tok, prompts, policy, ref, cfg)
     unchanged = [n for n, p in policy.named_parameters() if p.requires_grad and torch.equal(p, trainable[n])]
     assert not unchanged, f"not updated: {unchanged}"
     moved = [n for n, p in ref.named_parameters() if not torch.equal(p, frozen[n])]

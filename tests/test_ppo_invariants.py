@@ -182,10 +182,16 @@ def test_lora_reference_is_the_same_weights_with_the_adapter_disabled():
     assert ref_ptrs <= base, "the LoRA reference holds its own copy of the weights"
     ids = torch.randint(2, len(TOK), (2, 10)); am = torch.ones_like(ids)
     with torch.no_grad():
+        sft_logits = sft(input_ids=ids, attention_mask=am).logits       # the SFT model's adapters are trained (non-zero)
+        start = ref(input_ids=ids, attention_mask=am).logits
+        torch.testing.assert_close(start, sft_logits, atol=1e-4, rtol=1e-4)   # reference = SFT model (merged + fresh adapters)
+        torch.testing.assert_close(model.policy(input_ids=ids, attention_mask=am).logits, sft_logits, atol=1e-4, rtol=1e-4)
+        for n, p in model.policy.named_parameters():
+            if "lora_B" in n: p.add_(0.1)                                # as PPO moves the adapters ...
         with model.policy.disable_adapter(): want = model.policy(input_ids=ids, attention_mask=am).logits
         got = ref(input_ids=ids, attention_mask=am).logits
         adapted = model.policy(input_ids=ids, attention_mask=am).logits
-    assert torch.equal(got, want) and not torch.allclose(got, adapted)
+    assert torch.equal(got, want) and torch.equal(got, start) and not torch.allclose(got, adapted)   # ... the reference stays
 
 
 # ---- defect 5: PPO checkpoints carry the CUDA RNG state ------------------------------------------------------------
