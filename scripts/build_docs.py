@@ -498,6 +498,7 @@ def build(out: Path, build_dir: Path, jobs: int, timeout: int, use_cache: bool =
         pages.append({"nb": clean_for_site(nb, failed.get(str(rel))), "href": href, "title": title})
     if not any(p["href"] == "index.html" for p in pages):  # no nbs/index.ipynb: the README is the home page
         readme = (ROOT / "README.md").read_text(encoding="utf-8") if (ROOT / "README.md").exists() else f"# {SITE_TITLE}"
+        readme = readme.replace("](nbs/images/", "](images/")   # README paths are from the repo root, the site's from nbs/
         home = nbformat.v4.new_notebook(); home.cells = [nbformat.v4.new_markdown_cell(readme)]
         pages.insert(0, {"nb": home, "href": "index.html", "title": page_title(home, SITE_TITLE)})
     else:
