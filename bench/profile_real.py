@@ -210,16 +210,14 @@ def proposed():
 
 @contextlib.contextmanager
 def grad_checkpointing():
-    """Activation checkpointing in the update's forwards with grad (HF `gradient_checkpointing_enable`, non-reentrant:
-    no input that requires grad needed under LoRA): each layer's activations are recomputed in the backward pass
-    instead of kept, so the update's memory no longer grows with layers x tokens; costs one more forward."""
+    """`PPOConfig(gradient_checkpointing=True)` (landed: `ppo.checkpointing`, HF non-reentrant checkpointing in the
+    update's forwards with grad): each layer's activations are recomputed in the backward pass instead of kept, so the
+    update's memory no longer grows with layers x tokens; costs one more forward."""
+    import dataclasses
     from open_chatgpt import ppo as P
     orig = P.ppo_step
-    def ppo_step(model, *args, **kw):
-        lm = model.policy.get_base_model() if hasattr(model.policy, "get_base_model") else model.policy
-        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        try: return orig(model, *args, **kw)
-        finally: lm.gradient_checkpointing_disable()
+    def ppo_step(model, ref, opt, batch, scores, kl_ctl, config):
+        return orig(model, ref, opt, batch, scores, kl_ctl, dataclasses.replace(config, gradient_checkpointing=True))
     P.ppo_step = ppo_step
     try: yield
     finally: P.ppo_step = orig

@@ -952,9 +952,10 @@ def report_real(results, a, info) -> str:
                   "same ids in both), reward = fraction of even token ids, Adam lr 1e-5 eps 1e-5, clip 1.0, adaptive KL; "
                   "ours: `rollout` (`sample_tokens`) + `score` + `ppo_step`; TRL 0.11.4: `PPOTrainer.generate` (HF "
                   "`generate`) + `step`, `ref_model=None` (adapter-disabled reference, as ours)."
-                  + (" *ours + X*: the same code with bench/profile_real.py's patch X of `ppo.py` applied (`proposed`: "
-                     "LM head on the response positions only, each minibatch's all-padding columns cut; `proposed_ckpt`: "
-                     "that + activation checkpointing in the update; see bench/README.md)." if op else ""), ""]
+                  + (" *ours + X*: the same code with bench/profile_real.py's variant X (`grad_checkpointing`: "
+                     "`PPOConfig(gradient_checkpointing=True)`, activation checkpointing in the update; `proposed`, "
+                     "`proposed_ckpt`: the patches measured before the LM-head and padding changes landed; see "
+                     "bench/README.md)." if op else ""), ""]
         sides = [("open-chatgpt", o)] + props + [("TRL", t)]
         head = [""] + [f"{n} CPU s" for n, _ in sides] + [f"{n} / TRL CPU" for n, _ in sides[:-1]] \
             + [f"{n} wall s" for n, _ in sides] + ["ours / TRL wall"]

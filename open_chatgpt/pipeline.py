@@ -557,7 +557,9 @@ def check_config(cfg: PipelineConfig) -> None:
     "Fail fast, before any training: every stage's settings, the models and every data source; nothing is written."
     from open_chatgpt.reward import RewardConfig
     from open_chatgpt.sft import SFTConfig
-    make_config(SFTConfig, cfg.sft); make_config(RewardConfig, cfg.reward)   # their __post_init__ checks the values
+    no_sft = cfg.sft.get("max_steps") == 0                                  # allowed here: no SFT, RL starts from the base
+    make_config(SFTConfig, {**cfg.sft, "max_steps": None} if no_sft else cfg.sft)   # __post_init__ checks the values
+    make_config(RewardConfig, cfg.reward)
     ppo_cfg = make_config(PPOConfig, cfg.ppo, **PPO_DEFAULTS)
     if cfg.critic_init not in ("reward", "sft"): raise ValueError(f"critic_init must be 'reward' or 'sft', got {cfg.critic_init!r}")
     if cfg.model: ctx = context_length(type("M", (), {"config": model_config(cfg.model, "policy model")})())

@@ -7,11 +7,12 @@ __all__ = ['DROPOUT_FIELDS', 'MINIBATCH_STATS', 'DIALS', 'PPOConfig', 'disable_d
            'AdapterDisabled', 'lora_trained', 'fresh_lora', 'make_ppo_models', 'truncate_after_eos', 'sample_next',
            'logits_to_keep_kw', 'sample_tokens', 'rollout', 'same_tokenizer', 'reward_model_fn', 'sentiment_reward_fn',
            'score', 'forward_logprobs_values', 'batched_forward', 'old_logprobs_values', 'advantages_and_returns',
-           'kl_per_response', 'ppo_minibatch_loss', 'ppo_update', 'mean_stats', 'ppo_step', 'prompt_batch',
-           'RunningMoments', 'scale_scores', 'make_kl_controller', 'stats_row', 'train_ppo', 'evaluate_policy',
-           'plot_reward_kl', 'plot_dials']
+           'kl_per_response', 'ppo_minibatch_loss', 'hf_models', 'set_checkpointing', 'checkpointing', 'ppo_update',
+           'mean_stats', 'ppo_step', 'prompt_batch', 'RunningMoments', 'scale_scores', 'make_kl_controller',
+           'stats_row', 'train_ppo', 'evaluate_policy', 'plot_reward_kl', 'plot_dials']
 
 # %% ../nbs/06_ppo.ipynb #51191a9d
+import contextlib
 import copy
 import inspect
 import json
@@ -70,6 +71,7 @@ class PPOConfig:
     missing_eos_penalty: Optional[float] = 1.0   # subtracted from the score of responses that never end (N+ detail; None: off)
     kl_estimator: str = "k1"              # per-token KL estimator of the penalty: k1, k2 or k3
     shared_backbone: bool = False         # critic = value head on the actor's backbone (one model, less memory)
+    gradient_checkpointing: bool = False  # recompute activations in the update's backward: less memory, one more forward
     seed: int = 0                         # seeds torch, numpy, random and the prompt order
     total_steps: int = 100                # PPO steps
     save_every: int = 10                  # checkpoint every this many steps (and at the end); 0: only at the end
@@ -471,6 +473,28 @@ def ppo_minibatch_loss(model: PolicyAndValue, data: dict, idx: torch.Tensor, con
     vf_loss, vf_stats = ppo_value_loss(values, d["old_values"][idx], d["returns"][idx], d["mask"][idx], c.cliprange_value)
     return pg_loss + c.vf_coef * vf_loss, {**pg_stats, **vf_stats}
 
+# %% ../nbs/06_ppo.ipynb #dee31ecf
+def hf_models(model: PolicyAndValue) -> list:
+    "The transformers models inside the actor and a separate critic (under any LoRA wrapper)."
+    ms = [model.policy] + ([model.critic.backbone] if model.critic is not None else [])
+    return [m.get_base_model() if hasattr(m, "get_base_model") else m for m in ms]
+
+def set_checkpointing(model: PolicyAndValue, on: bool) -> None:
+    "Activation checkpointing (non-reentrant) on or off in the actor's and critic's transformers."
+    for m in hf_models(model):
+        if on and not getattr(m, "supports_gradient_checkpointing", False):
+            raise ValueError(f"{type(m).__name__} does not support gradient checkpointing: set gradient_checkpointing=False")
+        if on: m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        elif getattr(m, "is_gradient_checkpointing", False): m.gradient_checkpointing_disable()
+
+@contextlib.contextmanager
+def checkpointing(model: PolicyAndValue, on: bool):
+    "Activation checkpointing in the actor's and critic's transformers while the block runs (nothing if not `on`)."
+    if not on: yield; return
+    set_checkpointing(model, True)
+    try: yield
+    finally: set_checkpointing(model, False)
+
 # %% ../nbs/06_ppo.ipynb #c2879fcc
 def ppo_update(model: PolicyAndValue, optimizer: torch.optim.Optimizer, data: dict, perms: list[torch.Tensor],
                config: PPOConfig) -> tuple[list[dict], int, bool]:
@@ -479,21 +503,22 @@ def ppo_update(model: PolicyAndValue, optimizer: torch.optim.Optimizer, data: di
     model.train()                                   # dropout is off (disable_dropout): train == eval numerically
     params = [p for p in model.parameters() if p.requires_grad]
     step_stats, n_updates, early_stop = [], 0, False
-    for perm in perms:
-        epoch_start = len(step_stats)
-        for start in range(0, B, c.backward_batch_size):                        # one optimizer step per backward batch
-            optimizer.zero_grad(set_to_none=True)
-            for mb in range(start, start + c.backward_batch_size, c.mini_batch_size):
-                loss, stats = ppo_minibatch_loss(model, data, perm[mb:mb + c.mini_batch_size], c)
-                (loss / c.gradient_accumulation_steps).backward()               # the minibatches' gradients add up
-                step_stats.append(stats)
-            grad_norm = nn.utils.clip_grad_norm_(params, c.max_grad_norm)        # returns the norm before clipping
-            optimizer.step(); n_updates += 1
-            step_stats[-1]["grad_norm"] = grad_norm.detach()
-        # early stopping: the epoch's mean k3 estimate of KL(old || new), checked once per epoch (as TRL)
-        epoch_k3 = float(torch.stack([s["policy/approxkl_k3"] for s in step_stats[epoch_start:]]).mean())
-        if c.target_kl is not None and epoch_k3 > 1.5 * c.target_kl:
-            early_stop = True; break
+    with checkpointing(model, c.gradient_checkpointing):                         # off by default (Appendix)
+        for perm in perms:
+            epoch_start = len(step_stats)
+            for start in range(0, B, c.backward_batch_size):                    # one optimizer step per backward batch
+                optimizer.zero_grad(set_to_none=True)
+                for mb in range(start, start + c.backward_batch_size, c.mini_batch_size):
+                    loss, stats = ppo_minibatch_loss(model, data, perm[mb:mb + c.mini_batch_size], c)
+                    (loss / c.gradient_accumulation_steps).backward()           # the minibatches' gradients add up
+                    step_stats.append(stats)
+                grad_norm = nn.utils.clip_grad_norm_(params, c.max_grad_norm)    # returns the norm before clipping
+                optimizer.step(); n_updates += 1
+                step_stats[-1]["grad_norm"] = grad_norm.detach()
+            # early stopping: the epoch's mean k3 estimate of KL(old || new), checked once per epoch (as TRL)
+            epoch_k3 = float(torch.stack([s["policy/approxkl_k3"] for s in step_stats[epoch_start:]]).mean())
+            if c.target_kl is not None and epoch_k3 > 1.5 * c.target_kl:
+                early_stop = True; break
     optimizer.zero_grad(set_to_none=True)
     model.eval()
     return step_stats, n_updates, early_stop

@@ -144,3 +144,18 @@ def test_every_algo_on_the_same_run_and_the_comparison_table(done, tmp_path):
     assert out.returncode == 0, out.stderr
     rows = [l for l in out.stdout.splitlines() if l.startswith("| ") and l.split("|")[1].strip() in ("PPO", "DPO", "GRPO", "RLOO")]
     assert [r.split("|")[1].strip() for r in rows] == ["PPO", "DPO", "GRPO", "RLOO"]
+
+
+def test_no_sft_starts_rl_from_the_base_model(tmp_path):
+    "`sft.max_steps=0` (the real run's default): check_config accepts it, the sft stage saves the base model untouched."
+    import torch
+    from open_chatgpt.sft import load_policy, tiny_policy
+    from open_chatgpt.data import get_tokenizer
+    out = tmp_path / "run"
+    assert main(["pipeline", "-o", str(out), *TOY, "--set", "sft.max_steps=0"]) == 0
+    assert read_metrics(out / "sft" / "metrics.jsonl") == []
+    tok = get_tokenizer()
+    base = tiny_policy(tok, seed=0, **QUICK_RUN["tiny"])
+    saved = load_policy(str(out / "sft"), tokenizer=tok)
+    for (n, p), q in zip(base.state_dict().items(), saved.state_dict().values()): assert torch.equal(p, q), n
+    assert json.loads((out / "summary.json").read_text())["steps"] == QUICK_RUN["ppo"]["total_steps"]
