@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 
 from .data import SFTCollator
 from .models import is_lora, model_inputs, prepare_model, prepare_tokenizer
-from .plumbing import (atomic_save, atomic_write_text, context_length, model_device, read_metrics,
-                                   rng_state, seed_everything, set_rng_state, write_csv)
+from .plumbing import (append_metrics, atomic_save, atomic_write_text, context_length, model_device,
+                                   open_run, read_metrics, rng_state, seed_everything, set_rng_state, write_csv)
 from .ppo import AdapterDisabled, disable_dropout, fresh_lora, lora_trained
 from .ppo_core import logprobs_from_logits
 from .reward import check_pairs, wilson_interval
@@ -266,38 +266,16 @@ def save_dpo_checkpoint(path, policy, optimizer, scheduler, step: int, config: D
                      rng=rng_state(), step=step, config=asdict(config)), path)
 
 def load_dpo_checkpoint(path, policy, optimizer, scheduler) -> int:
-    "Restore a checkpoint written by `save_dpo_checkpoint`; returns its step."
-    state = torch.load(path, weights_only=True)   # tensors and plain values only: no pickled code
+    "Restore a checkpoint written by `save_dpo_checkpoint` (a path, or the state `open_run` loaded); returns its step."
+    state = torch.load(path, weights_only=True) if not isinstance(path, dict) else path   # tensors and plain values only
     params = dict(policy.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in state["weights"]]
-    if missing: raise ValueError(f"checkpoint {path} does not match the policy: no weights for {missing[:3]}")
+    if missing: raise ValueError(f"the DPO checkpoint does not match the policy: no weights for {missing[:3]}")
     with torch.no_grad():
         for n, w in state["weights"].items(): params[n].copy_(w)
     optimizer.load_state_dict(state["optimizer"]); scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return state["step"]
-
-def _open_run(out: Optional[Path], resume: bool, policy, optimizer, scheduler, config: DPOConfig) -> tuple[int, list]:
-    "Resume from output_dir's checkpoint (dropping metric rows written after it) or start afresh: (start step, history)."
-    if out is None: return 0, []
-    out.mkdir(parents=True, exist_ok=True)
-    metrics_path, ckpt_path = out / "metrics.jsonl", out / "checkpoints" / "last.pt"
-    start, history = 0, []
-    if resume and ckpt_path.exists():
-        start = load_dpo_checkpoint(ckpt_path, policy, optimizer, scheduler)
-        history = [r for r in read_metrics(metrics_path) if r["step"] <= start]
-        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
-    else:
-        for p in (metrics_path, ckpt_path):
-            if p.exists(): p.unlink()                      # a fresh run replaces an earlier one in this directory
-    atomic_write_text(out / "dpo_config.json", json.dumps(asdict(config), indent=2))
-    return start, history
-
-def _log_row(out: Optional[Path], history: list[dict]) -> None:
-    "Append the last row to metrics.jsonl (flushed and synced: a crash loses nothing logged) and rewrite metrics.csv."
-    if out is None: return
-    with open(out / "metrics.jsonl", "a") as f: f.write(json.dumps(history[-1]) + "\n"); f.flush(); os.fsync(f.fileno())
-    write_csv(history, out / "metrics.csv")
 
 # %% ../nbs/08_dpo.ipynb #94eb6930
 def _eval_row(policy, ref_policy, tokenizer, eval_pairs, kl_prompts, ref_cache, c: DPOConfig) -> dict:
@@ -357,7 +335,7 @@ def train_dpo(
     optimizer = make_optimizer(policy, c); scheduler = make_scheduler(optimizer, c, total)   # chapter 3's
     seed_everything(c.seed)
     out = Path(c.output_dir) if c.output_dir else None
-    start, history = _open_run(out, resume, policy, optimizer, scheduler, c)       # appendix: checkpoints and resume
+    start, history = open_run(out, resume, c, "dpo", lambda ckpt: load_dpo_checkpoint(ckpt, policy, optimizer, scheduler))
     ref_cache = reference_logps(ref_policy, tokenizer, eval_pairs, c) if eval_pairs is not None else None
     kl_prompts = list(dict.fromkeys(r["prompt"] for r in eval_pairs))[:c.kl_samples] if eval_pairs is not None else []
     policy.train()                                         # dropout is off (make_dpo_models): train == eval numerically
@@ -367,7 +345,7 @@ def train_dpo(
         if eval_pairs is not None and (step == total or (c.eval_every and step % c.eval_every == 0)):
             row.update(_eval_row(policy, ref_policy, tokenizer, eval_pairs, kl_prompts, ref_cache, c))
             policy.train()
-        history.append(row); _log_row(out, history)
+        history.append(row); append_metrics(out, history)
         bar.set_postfix(loss=f"{row['loss']:.3f}", margin=f"{row['rewards/margins']:.3f}")
         if stop_after_steps is not None and step >= stop_after_steps: return history   # simulated kill: no checkpoint
         if (c.save_every and step % c.save_every == 0) or step == total:

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .plumbing import (atomic_save, atomic_write_text, context_length, read_metrics, rng_state,
-                                   seed_everything, set_rng_state, write_csv)
+from .plumbing import (append_metrics, atomic_save, atomic_write_text, context_length, open_run,
+                                   read_metrics, rng_state, seed_everything, set_rng_state, write_csv)
 from .ppo import (batched_forward, forward_logprobs_values, make_ppo_models, plot_reward_kl, prompt_batch,
                               rollout, score)
 from .ppo_core import MAX_LOG_RATIO, _as_mask, _check_same_shape, _require_tokens, kl_penalty, masked_mean
@@ -305,38 +305,15 @@ def _save_checkpoint(path, policy, optimizer, step: int, config: GRPOConfig) -> 
     atomic_save(dict(policy=trainable, optimizer=optimizer.state_dict(), rng=rng_state(), step=step,
                      config=asdict(config)), path)
 
-def _load_checkpoint(path, policy, optimizer) -> int:
-    "Restore what `_save_checkpoint` wrote; return its step."
-    state = torch.load(path, weights_only=True)
+def _load_checkpoint(state: dict, policy, optimizer) -> int:
+    "Restore what `_save_checkpoint` wrote (for `open_run`); return its step."
     _, unexpected = policy.load_state_dict(state["policy"], strict=False)
     loaded = {p.data_ptr() for n, p in policy.named_parameters() if n in state["policy"]}   # tied weights: by storage
     if unexpected or any(p.requires_grad and p.data_ptr() not in loaded for p in policy.parameters()):
-        raise ValueError(f"checkpoint {path} does not match the policy (unexpected {unexpected[:3]}, or trainable "
+        raise ValueError(f"the GRPO checkpoint does not match the policy (unexpected {unexpected[:3]}, or trainable "
                          "weights missing): was it written by another model?")
     optimizer.load_state_dict(state["optimizer"]); set_rng_state(state["rng"])
     return state["step"]
-
-def _open_run(c: GRPOConfig, policy, optimizer, resume: bool) -> tuple[Optional[Path], int, list]:
-    "Prepare `output_dir`: resume from its checkpoint (dropping later metric lines) or start afresh."
-    if not c.output_dir: return None, 0, []
-    out = Path(c.output_dir); out.mkdir(parents=True, exist_ok=True)
-    metrics_path, ckpt_path = out / "metrics.jsonl", out / "checkpoints" / "last.pt"
-    start, history = 0, []
-    if resume and ckpt_path.exists():
-        start = _load_checkpoint(ckpt_path, policy, optimizer)
-        history = [r for r in read_metrics(metrics_path) if r["step"] <= start]   # drop steps after the checkpoint
-        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
-    else:
-        for p in (metrics_path, ckpt_path): p.unlink(missing_ok=True)            # a fresh run replaces an earlier one
-    atomic_write_text(out / "grpo_config.json", json.dumps(asdict(c), indent=2))
-    return out, start, history
-
-def _log_row(out: Optional[Path], history: list, row: dict) -> None:
-    "Append a step's row to the history, to metrics.jsonl (synced) and metrics.csv."
-    history.append(row)
-    if out is None: return
-    with open(out / "metrics.jsonl", "a") as f: f.write(json.dumps(row) + "\n"); f.flush(); os.fsync(f.fileno())
-    write_csv(history, out / "metrics.csv")
 
 # %% ../nbs/09_grpo.ipynb #a32b0ff1
 def _train_step(policy, ref_policy, tokenizer, reward_fn, prompts, optimizer, step: int, c: GRPOConfig) -> dict:
@@ -371,12 +348,13 @@ def train_grpo(
     if not prompts: raise ValueError("no prompts to train on")
     optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=c.learning_rate)
     seed_everything(c.seed)
-    out, start, history = _open_run(c, policy, optimizer, resume)     # resume: weights, optimizer, RNG, metrics
+    out = Path(c.output_dir) if c.output_dir else None                # resume: weights, optimizer, RNG, metrics
+    start, history = open_run(out, resume, c, "grpo", lambda ckpt: _load_checkpoint(ckpt, policy, optimizer))
     bar = tqdm(range(start + 1, c.total_steps + 1), desc=c.advantage.upper(), disable=not progress, initial=start,
                total=c.total_steps)
     for step in bar:
         row = _train_step(policy, ref_policy, tokenizer, reward_fn, prompts, optimizer, step, c)
-        _log_row(out, history, row)
+        history.append(row); append_metrics(out, history)
         bar.set_postfix(reward=f"{row['env/reward_mean']:.3f}", kl=f"{row['objective/kl']:.3f}",
                         zero_std=f"{row['frac_reward_zero_std']:.2f}")
         if stop_after_steps is not None and step >= stop_after_steps: return history

@@ -33,8 +33,8 @@ from .data import PromptCollator, is_quick
 from .models import (accepts_position_ids, hidden_size, is_lora, model_inputs, position_ids_from_mask,
                                  prepare_model)
 from .reward import reward_text
-from .plumbing import (atomic_save, atomic_write_text, context_length, model_device, read_metrics,
-                                   rng_state, seed_everything, set_rng_state, write_csv)
+from .plumbing import (append_metrics, atomic_save, atomic_write_text, context_length, model_device,
+                                   open_run, read_metrics, rng_state, seed_everything, set_rng_state, write_csv)
 from .ppo_core import (KL_ESTIMATORS, AdaptiveKLController, FixedKLController, compute_gae,
                                    compute_rewards, entropy_from_logits, kl_penalty, logprobs_from_logits, masked_mean,
                                    masked_whiten, ppo_policy_loss, ppo_value_loss)
@@ -638,7 +638,7 @@ def train_ppo(
     kl_ctl, moments = make_kl_controller(c), RunningMoments()
     seed_everything(c.seed)
     out, state = Path(c.output_dir) if c.output_dir else None, (model, optimizer, kl_ctl, moments)
-    start, history = _open_run(out, resume, c, *state) if out else (0, [])    # Appendix: resume, or a fresh directory
+    start, history = open_run(out, resume, c, "ppo", lambda ckpt: _load_checkpoint(ckpt, *state))  # Appendix: resume
     bar = tqdm(range(start + 1, c.total_steps + 1), desc="PPO", disable=not progress, initial=start, total=c.total_steps)
     for step in bar:
         t0 = time.perf_counter()                                                 # ---- rollout and score
@@ -648,7 +648,7 @@ def train_ppo(
         t1 = time.perf_counter()                                                 # ---- update
         stats = ppo_step(model, ref_policy, optimizer, batch, scores, kl_ctl, c)
         history.append(stats_row(step, raw, batch, stats, t0, t1, time.perf_counter()))   # ---- log
-        if out: _append_metrics(out, history)                                    # Appendix: metrics.jsonl and .csv
+        append_metrics(out, history)                                             # metrics.jsonl and .csv (ch. 12)
         bar.set_postfix(reward=f"{raw.mean():.3f}", kl=f"{stats['objective/kl']:.2f}", beta=f"{stats['objective/kl_coef']:.3f}")
         if stop_after_steps is not None and step >= stop_after_steps: return history  # simulated kill: no checkpoint
         if c.save_every and step % c.save_every == 0 or step == c.total_steps:
@@ -764,29 +764,12 @@ def plot_dials(history: list[dict], path=None, title: str = "PPO"):
     return fig
 
 # %% ../nbs/06_ppo.ipynb #a789161d
-def _open_run(out: Path, resume: bool, c: PPOConfig, model, optimizer, kl_ctl, moments) -> tuple[int, list[dict]]:
-    "Prepare `out`: resume from its checkpoint (dropping the metric lines after it), or start afresh; (start step, history)."
-    metrics_path, ckpt_path = out / "metrics.jsonl", out / "checkpoints" / "last.pt"
-    out.mkdir(parents=True, exist_ok=True)
-    start, history = 0, []
-    if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=True)   # tensors and plain values only: no pickled code
-        model.load_state_dict(state["model"]); optimizer.load_state_dict(state["optimizer"])
-        kl_ctl.value = state["kl_coef"]; moments.load_state_dict(state["score_moments"])
-        set_rng_state(state["rng"]); start = state["step"]
-        history = [r for r in read_metrics(metrics_path) if r["step"] <= start]   # drop steps after the checkpoint
-        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
-        print(f"resumed from {ckpt_path} at step {start}/{c.total_steps}")
-    else:
-        if metrics_path.exists(): metrics_path.unlink()   # a fresh run replaces any earlier one in this directory
-        if ckpt_path.exists(): ckpt_path.unlink()
-    atomic_write_text(out / "ppo_config.json", json.dumps(asdict(c), indent=2))
-    return start, history
-
-def _append_metrics(out: Path, history: list[dict]) -> None:
-    "Append the last row of `history` to metrics.jsonl (flushed and synced) and rewrite metrics.csv."
-    with open(out / "metrics.jsonl", "a") as f: f.write(json.dumps(history[-1]) + "\n"); f.flush(); os.fsync(f.fileno())
-    write_csv(history, out / "metrics.csv")
+def _load_checkpoint(state: dict, model, optimizer, kl_ctl, moments) -> int:
+    "Restore what `_save_checkpoint` wrote (for `open_run`); return its step."
+    model.load_state_dict(state["model"]); optimizer.load_state_dict(state["optimizer"])
+    kl_ctl.value = state["kl_coef"]; moments.load_state_dict(state["score_moments"])
+    set_rng_state(state["rng"])
+    return state["step"]
 
 def _save_checkpoint(out: Path, step: int, c: PPOConfig, model, optimizer, kl_ctl, moments) -> None:
     "Write everything the next step depends on to checkpoints/last.pt, atomically."
