@@ -6,6 +6,7 @@ The run's over-optimisation plot is copied to nbs/images/overoptimisation-NAME.p
     python scripts/results_table.py runs/demo                    # after `make demo`
     python scripts/results_table.py runs/demo-tiny --name tiny   # after `make demo-tiny`
     python scripts/results_table.py runs/demo --dry-run          # print the Markdown only
+    python scripts/results_table.py runs/demo --seeds runs/demo-s1 runs/demo-s2   # the spread over seeds (README, ch. 10)
 """
 import argparse, json, os, platform, shutil, subprocess, sys
 from pathlib import Path
@@ -70,20 +71,24 @@ def render(run: Path, name: str, copy_image: bool = True) -> str:
               f"| evaluation | {s['n_eval_prompts']} held-out prompts, sampled answers; best-of-{s['best_of_n'][-1]['n'] if s['best_of_n'] else 1} | "
               f"{minutes(sec.get('eval'))} | {rss.get('eval') or 0:.2f} |",
               f"| **total** | | **{minutes(sec.get('total'))}** | |", ""]
-    keys = [("proxy", "proxy score"), ("gold", "gold score"), ("kl", "KL to SFT (nats)"), ("length", "length (tokens)"),
+    keys = [("proxy", "proxy score"), ("gold", "gold score"), ("kl", "KL to the start (nats)"), ("length", "length (tokens)"),
             ("eos_frac", "answers that end")]
     keys = [(k, h) for k, h in keys if any(k in p for p in s["policies"].values())]
     lines += ["| policy | " + " | ".join(h for _, h in keys) + " |", "|---|" + "---|" * len(keys)]
-    names = {"base": "untouched base model", "sft": "SFT", algo: f"{algo.upper()} (final)"}
+    no_sft = steps == 0                                     # the SFT stage saved the base model: "SFT" is the start
+    names = {"base": "untouched base model", "sft": "start (the base model, no SFT)" if no_sft else "SFT",
+             algo: f"{algo.upper()} (final)"}
     for k, p in s["policies"].items():
         lines.append(f"| {names.get(k, k)} | " + " | ".join("-" if p.get(x) is None else f"{p[x]:.3f}" for x, _ in keys) + " |")
     wr = s["win_rates"].get("gold")
     if wr:
         label = dict(rl_vs_sft=f"{algo.upper()} vs SFT", sft_vs_base="SFT vs base", rl_vs_base=f"{algo.upper()} vs base")
+        if no_sft: label.update(rl_vs_sft=f"{algo.upper()} vs the start", rl_vs_base=f"{algo.upper()} vs base (other samples)",
+                                sft_vs_base="null check, the base model against itself (two samples; should be near 0.5)")
         lines += ["", "Gold-judge win rates (ties count 1/2; 95% Wilson interval): " +
                   "; ".join(f"**{label[k]} {ci(w)}**" for k, w in wr.items()) + "."]
     if s["best_of_n"]:
-        lines += ["", "| best-of-n from the SFT policy (picked by the proxy) | " + " | ".join(f"n={x['n']}" for x in s["best_of_n"]) + " |",
+        lines += ["", f"| best-of-n from the {'start' if no_sft else 'SFT'} policy (picked by the proxy) | " + " | ".join(f"n={x['n']}" for x in s["best_of_n"]) + " |",
                   "|---|" + "---|" * len(s["best_of_n"]),
                   "| KL (nats) | " + " | ".join(f"{x['kl']:.2f}" for x in s["best_of_n"]) + " |",
                   "| proxy | " + " | ".join(f"{x['proxy']:+.3f}" for x in s["best_of_n"]) + " |",
@@ -98,7 +103,7 @@ def render(run: Path, name: str, copy_image: bool = True) -> str:
     if src.exists():
         if copy_image: img.parent.mkdir(parents=True, exist_ok=True); shutil.copy(src, img)
         lines += ["", f"![over-optimisation curve of this run](images/{img.name})"]   # README: nbs/images/ (make readme)
-    lines += ["", f"| prompt | SFT | {algo.upper()} |", "|---|---|---|"]
+    lines += ["", f"| prompt | {'start (no SFT)' if no_sft else 'SFT'} | {algo.upper()} |", "|---|---|---|"]
     for x in s["samples"]:
         p = x["prompt"].rsplit("Human:", 1)[-1].replace("Assistant:", "").strip()
         sc = lambda who: "" if f"gold_{who}" not in x else f" (proxy {x[f'proxy_{who}']:+.2f}, gold {x[f'gold_{who}']:+.2f})"
@@ -106,10 +111,34 @@ def render(run: Path, name: str, copy_image: bool = True) -> str:
     return "\n".join(lines)
 
 
-def write_index(table: str, name: str, start: str = None, end: str = None):
+def render_seeds(runs: list) -> str:
+    "One row per seed (each run's summary-ppo.json) and the mean and standard deviation over them."
+    import statistics
+    rows, vals = [], {k: [] for k in ("win", "gold", "proxy", "kl", "length", "eos_frac")}
+    for run in runs:
+        s = json.loads(((run / "summary-ppo.json") if (run / "summary-ppo.json").exists() else (run / "summary.json")).read_text())
+        start, final, w = s["policies"]["sft"], s["policies"][s["algo"]], s["win_rates"]["gold"]["rl_vs_sft"]
+        v = dict(win=w["win_rate"], gold=final["gold"] - start["gold"], proxy=final["proxy"] - start["proxy"], kl=final["kl"],
+                 length=final["length"], eos_frac=final["eos_frac"])
+        for k in vals: vals[k].append(v[k])
+        rows.append(f"| {s['seed']} | {ci(w)} | {v['gold']:+.3f} | {v['proxy']:+.3f} | {v['kl']:.2f} | {v['length']:.1f} | "
+                    f"{v['eos_frac']:.2f} | {s['steps']} |")
+    ms = lambda k, f: f"{f.format(statistics.mean(vals[k]))} ± {f.format(statistics.stdev(vals[k])).lstrip('+')}" \
+        if len(vals[k]) > 1 else f.format(vals[k][0])
+    rows.append(f"| **mean ± sd** | {ms('win', '{:.3f}')} | {ms('gold', '{:+.3f}')} | {ms('proxy', '{:+.3f}')} | "
+                f"{ms('kl', '{:.2f}')} | {ms('length', '{:.1f}')} | {ms('eos_frac', '{:.2f}')} | |")
+    return "\n".join([f"PPO with seeds {', '.join(str(json.loads((r / 'pipeline_config.json').read_text())['seed']) for r in runs)} "
+                      "(the seed sets the prompt order, the sampling and the value head; the reward model, the gold judge "
+                      "and the held-out prompts are shared), each scored against its own sample of the start policy; "
+                      f"measured on {machine()}.", "",
+                      "| seed | gold win rate vs the start (95% CI) | gold gain | proxy gain | KL (nats) | length | answers that end | steps |",
+                      "|---|---|---|---|---|---|---|---|"] + rows)
+
+
+def write_index(table: str, name: str, start: str = None, end: str = None, notebook: str = "index.ipynb", readme: bool = True):
     START, END = start or f"<!-- results-{name}:start -->", end or f"<!-- results-{name}:end -->"
     import nbformat
-    p = ROOT / "nbs" / "index.ipynb"
+    p = ROOT / "nbs" / notebook
     nb = nbformat.read(p, as_version=4)
     for c in nb.cells:
         if c.cell_type == "markdown" and START in c.source:
@@ -118,7 +147,7 @@ def write_index(table: str, name: str, start: str = None, end: str = None):
             break
     else: raise SystemExit(f"no {START} marker in {p}")
     nbformat.write(nb, p)
-    subprocess.run(["make", "-C", str(ROOT), "readme"], check=True)     # README.md from the index, image paths fixed
+    if readme: subprocess.run(["make", "-C", str(ROOT), "readme"], check=True)   # README.md from the index, image paths fixed
 
 
 if __name__ == "__main__":
@@ -126,7 +155,17 @@ if __name__ == "__main__":
     ap.add_argument("run", type=Path, help="a pipeline output directory with summary.json")
     ap.add_argument("--name", default="real", help="which table: results-NAME markers (real, tiny)")
     ap.add_argument("--dry-run", action="store_true")
+    ap.add_argument("--seeds", type=Path, nargs="+", default=None,
+                    help="more runs of the same configuration with other seeds: a seed table (seeds markers) in the "
+                         "README and chapter 10, from RUN and these")
     a = ap.parse_args()
+    if a.seeds:
+        table = render_seeds([a.run, *a.seeds])
+        print(table)
+        if not a.dry_run:
+            write_index(table, "seeds", "<!-- seeds:start -->", "<!-- seeds:end -->", "10_pipeline.ipynb", readme=False)
+            write_index(table, "seeds", "<!-- seeds:start -->", "<!-- seeds:end -->")
+        sys.exit(0)
     table = render(a.run, a.name, copy_image=not a.dry_run)
     print(table)
     if not a.dry_run: write_index(table, a.name)

@@ -159,3 +159,15 @@ def test_no_sft_starts_rl_from_the_base_model(tmp_path):
     saved = load_policy(str(out / "sft"), tokenizer=tok)
     for (n, p), q in zip(base.state_dict().items(), saved.state_dict().values()): assert torch.equal(p, q), n
     assert json.loads((out / "summary.json").read_text())["steps"] == QUICK_RUN["ppo"]["total_steps"]
+    table = subprocess.run([sys.executable, "scripts/results_table.py", str(out), "--dry-run"], capture_output=True,
+                           text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    assert "| SFT | none (the base model) |" in table and "| start (the base model, no SFT) |" in table
+
+
+def test_seed_table_reports_each_seed_and_the_spread(done):
+    out = subprocess.run([sys.executable, "scripts/results_table.py", str(done), "--seeds", str(done), "--dry-run"],
+                         capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    rows = [r for r in out.splitlines() if r.startswith("| 0 |") or r.startswith("| **mean")]
+    s = json.loads((done / "summary-ppo.json").read_text())
+    win = s["win_rates"]["gold"]["rl_vs_sft"]["win_rate"]
+    assert len(rows) == 3 and f"| {win:.3f} ± 0.000 |" in rows[-1]      # two copies of one run: no spread
