@@ -7,9 +7,9 @@ __all__ = ['DROPOUT_FIELDS', 'MINIBATCH_STATS', 'DIALS', 'PPOConfig', 'disable_d
            'AdapterDisabled', 'lora_trained', 'fresh_lora', 'make_ppo_models', 'truncate_after_eos', 'sample_next',
            'logits_to_keep_kw', 'sample_tokens', 'rollout', 'same_tokenizer', 'reward_model_fn', 'sentiment_reward_fn',
            'score', 'forward_logprobs_values', 'batched_forward', 'old_logprobs_values', 'advantages_and_returns',
-           'kl_per_response', 'ppo_minibatch_loss', 'hf_models', 'set_checkpointing', 'checkpointing', 'ppo_update',
-           'mean_stats', 'ppo_step', 'prompt_batch', 'RunningMoments', 'scale_scores', 'make_kl_controller',
-           'stats_row', 'train_ppo', 'evaluate_policy', 'plot_reward_kl', 'plot_dials']
+           'kl_per_response', 'ppo_minibatch_loss', 'hf_models', 'checkpointing_on', 'set_checkpointing',
+           'checkpointing', 'ppo_update', 'mean_stats', 'ppo_step', 'prompt_batch', 'RunningMoments', 'scale_scores',
+           'make_kl_controller', 'stats_row', 'train_ppo', 'evaluate_policy', 'plot_reward_kl', 'plot_dials']
 
 # %% ../nbs/06_ppo.ipynb #51191a9d
 import contextlib
@@ -479,13 +479,20 @@ def hf_models(model: PolicyAndValue) -> list:
     ms = [model.policy] + ([model.critic.backbone] if model.critic is not None else [])
     return [m.get_base_model() if hasattr(m, "get_base_model") else m for m in ms]
 
+def checkpointing_on(m) -> bool:
+    "Whether a transformers model recomputes its activations (the attribute's name changed in transformers 5)."
+    return bool(getattr(m, "is_activation_checkpointing", None) if hasattr(m, "activation_checkpointing_enable")
+                else getattr(m, "is_gradient_checkpointing", False))
+
 def set_checkpointing(model: PolicyAndValue, on: bool) -> None:
     "Activation checkpointing (non-reentrant) on or off in the actor's and critic's transformers."
     for m in hf_models(model):
         if on and not getattr(m, "supports_gradient_checkpointing", False):
             raise ValueError(f"{type(m).__name__} does not support gradient checkpointing: set gradient_checkpointing=False")
-        if on: m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        elif getattr(m, "is_gradient_checkpointing", False): m.gradient_checkpointing_disable()
+        new = hasattr(m, "activation_checkpointing_enable")                  # transformers >= 5: the new names
+        if on and new: m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        elif on: m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        elif checkpointing_on(m): m.activation_checkpointing_disable() if new else m.gradient_checkpointing_disable()
 
 @contextlib.contextmanager
 def checkpointing(model: PolicyAndValue, on: bool):
