@@ -7,9 +7,10 @@ __all__ = ['DROPOUT_FIELDS', 'MINIBATCH_STATS', 'DIALS', 'PPOConfig', 'disable_d
            'AdapterDisabled', 'lora_trained', 'fresh_lora', 'make_ppo_models', 'truncate_after_eos', 'sample_next',
            'logits_to_keep_kw', 'sample_tokens', 'rollout', 'same_tokenizer', 'reward_model_fn', 'sentiment_reward_fn',
            'score', 'forward_logprobs_values', 'batched_forward', 'old_logprobs_values', 'advantages_and_returns',
-           'kl_per_response', 'ppo_minibatch_loss', 'hf_models', 'checkpointing_on', 'set_checkpointing',
-           'checkpointing', 'ppo_update', 'mean_stats', 'ppo_step', 'prompt_batch', 'RunningMoments', 'scale_scores',
-           'make_kl_controller', 'stats_row', 'train_ppo', 'evaluate_policy', 'plot_reward_kl', 'plot_dials']
+           'kl_per_response', 'ppo_minibatch_loss', 'hf_models', 'checkpointing_on', 'check_checkpointing',
+           'set_checkpointing', 'checkpointing', 'ppo_update', 'mean_stats', 'ppo_step', 'prompt_batch',
+           'RunningMoments', 'scale_scores', 'make_kl_controller', 'stats_row', 'train_ppo', 'evaluate_policy',
+           'plot_reward_kl', 'plot_dials']
 
 # %% ../nbs/06_ppo.ipynb #51191a9d
 import contextlib
@@ -484,11 +485,16 @@ def checkpointing_on(m) -> bool:
     return bool(getattr(m, "is_activation_checkpointing", None) if hasattr(m, "activation_checkpointing_enable")
                 else getattr(m, "is_gradient_checkpointing", False))
 
+def check_checkpointing(model: PolicyAndValue) -> None:
+    "A ValueError naming the model if the actor's or critic's transformer cannot recompute its activations."
+    for m in hf_models(model):
+        if not getattr(m, "supports_gradient_checkpointing", False):
+            raise ValueError(f"{type(m).__name__} does not support gradient checkpointing: set gradient_checkpointing=False")
+
 def set_checkpointing(model: PolicyAndValue, on: bool) -> None:
     "Activation checkpointing (non-reentrant) on or off in the actor's and critic's transformers."
+    if on: check_checkpointing(model)                                       # all of them, before switching any on
     for m in hf_models(model):
-        if on and not getattr(m, "supports_gradient_checkpointing", False):
-            raise ValueError(f"{type(m).__name__} does not support gradient checkpointing: set gradient_checkpointing=False")
         new = hasattr(m, "activation_checkpointing_enable")                  # transformers >= 5: the new names
         if on and new: m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         elif on: m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -498,9 +504,17 @@ def set_checkpointing(model: PolicyAndValue, on: bool) -> None:
 def checkpointing(model: PolicyAndValue, on: bool):
     "Activation checkpointing in the actor's and critic's transformers while the block runs (nothing if not `on`)."
     if not on: yield; return
-    set_checkpointing(model, True)
+    ms, keys = hf_models(model), ("_require_grads_hooks", "_require_grads_hook")
+    saved = [{k: m.__dict__[k] for k in keys if k in m.__dict__} for m in ms]
+    set_checkpointing(model, True)      # transformers 5 also hooks the input embeddings (their outputs require grad)
+    added = [[h for h in m.__dict__.get(keys[0]) or [] if h not in s.get(keys[0], [])] for m, s in zip(ms, saved)]
     try: yield
-    finally: set_checkpointing(model, False)
+    finally:
+        set_checkpointing(model, False)
+        for m, s, hooks in zip(ms, saved, added):                        # leave the models as they were: no hook left
+            for h in hooks: h.remove()
+            for k in keys: m.__dict__.pop(k, None)
+            m.__dict__.update(s)
 
 # %% ../nbs/06_ppo.ipynb #c2879fcc
 def ppo_update(model: PolicyAndValue, optimizer: torch.optim.Optimizer, data: dict, perms: list[torch.Tensor],
@@ -639,6 +653,7 @@ def train_ppo(
 ) -> list[dict]:
     "Run PPO for `config.total_steps` steps; log stats per step and checkpoint to `config.output_dir`; return the history."
     c = config.validate(context_length(model.policy))
+    if c.gradient_checkpointing: check_checkpointing(model)                    # fail now, not after the first rollout
     prompts = list(prompts)
     if not prompts: raise ValueError("no prompts to train on")
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=c.learning_rate, eps=1e-5)

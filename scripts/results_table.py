@@ -117,6 +117,7 @@ def render_seeds(runs: list) -> str:
     rows, vals = [], {k: [] for k in ("win", "gold", "proxy", "kl", "length", "eos_frac")}
     for run in runs:
         s = json.loads(((run / "summary-ppo.json") if (run / "summary-ppo.json").exists() else (run / "summary.json")).read_text())
+        if "gold" not in s["win_rates"]: raise SystemExit(f"{run}: no gold judge in this run's summary; a seed table needs one")
         start, final, w = s["policies"]["sft"], s["policies"][s["algo"]], s["win_rates"]["gold"]["rl_vs_sft"]
         v = dict(win=w["win_rate"], gold=final["gold"] - start["gold"], proxy=final["proxy"] - start["proxy"], kl=final["kl"],
                  length=final["length"], eos_frac=final["eos_frac"])

@@ -157,17 +157,26 @@ def test_no_sft_starts_rl_from_the_base_model(tmp_path):
     tok = get_tokenizer()
     base = tiny_policy(tok, seed=0, **QUICK_RUN["tiny"])
     saved = load_policy(str(out / "sft"), tokenizer=tok)
-    for (n, p), q in zip(base.state_dict().items(), saved.state_dict().values()): assert torch.equal(p, q), n
+    a, b = base.state_dict(), saved.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((out / "summary.json").read_text())["steps"] == QUICK_RUN["ppo"]["total_steps"]
     table = subprocess.run([sys.executable, "scripts/results_table.py", str(out), "--dry-run"], capture_output=True,
                            text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stdout
     assert "| SFT | none (the base model) |" in table and "| start (the base model, no SFT) |" in table
 
 
-def test_seed_table_reports_each_seed_and_the_spread(done):
-    out = subprocess.run([sys.executable, "scripts/results_table.py", str(done), "--seeds", str(done), "--dry-run"],
-                         capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stdout
-    rows = [r for r in out.splitlines() if r.startswith("| 0 |") or r.startswith("| **mean")]
+def test_seed_table_reports_each_seed_and_the_spread(done, tmp_path):
+    "Two runs whose win rates differ by 0.1: the table shows both and their mean and standard deviation."
     s = json.loads((done / "summary-ppo.json").read_text())
-    win = s["win_rates"]["gold"]["rl_vs_sft"]["win_rate"]
-    assert len(rows) == 3 and f"| {win:.3f} ± 0.000 |" in rows[-1]      # two copies of one run: no spread
+    other = tmp_path / "seed1"; other.mkdir()
+    s1 = json.loads(json.dumps(s)); s1["seed"] = 1; s1["win_rates"]["gold"]["rl_vs_sft"]["win_rate"] = 0.6
+    s["win_rates"]["gold"]["rl_vs_sft"]["win_rate"] = 0.5
+    first = tmp_path / "seed0"; first.mkdir()
+    for d, x, seed in ((first, s, 0), (other, s1, 1)):
+        (d / "summary-ppo.json").write_text(json.dumps(x))
+        (d / "pipeline_config.json").write_text(json.dumps({**json.loads((done / "pipeline_config.json").read_text()), "seed": seed}))
+    out = subprocess.run([sys.executable, "scripts/results_table.py", str(first), "--seeds", str(other), "--dry-run"],
+                         capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    rows = [r for r in out.splitlines() if r.startswith(("| 0 |", "| 1 |", "| **mean"))]
+    assert len(rows) == 3 and rows[0].startswith("| 0 | 0.500") and rows[1].startswith("| 1 | 0.600")
+    assert "| 0.550 ± 0.071 |" in rows[2] and "seeds 0, 1" in out                   # sd of (0.5, 0.6) = 0.0707
