@@ -47,9 +47,13 @@ def load_note(s: dict) -> str:
             + (" (the machine was shared with other work: times are upper bounds)." if busy else "."))
 
 
+def load_summary(run: Path) -> dict:
+    "The PPO run's summary (other algorithms may have run in the same directory afterwards: --algo X --resume)."
+    return json.loads(((run / "summary-ppo.json") if (run / "summary-ppo.json").exists() else (run / "summary.json")).read_text())
+
+
 def render(run: Path, name: str, copy_image: bool = True) -> str:
-    # the PPO run's summary when other algorithms ran in the same directory afterwards (--algo X --resume)
-    s = json.loads(((run / "summary-ppo.json") if (run / "summary-ppo.json").exists() else (run / "summary.json")).read_text())
+    s = load_summary(run)
     cfg = json.loads((run / "pipeline_config.json").read_text())
     algo, rm, j, sec, rss = s["algo"], s["reward_model"], s.get("judge"), s["seconds"], s["peak_rss_gib"]
     sft = json.loads((run / "sft" / "stage.json").read_text())
@@ -114,21 +118,22 @@ def render(run: Path, name: str, copy_image: bool = True) -> str:
 def render_seeds(runs: list) -> str:
     "One row per seed (each run's summary-ppo.json) and the mean and standard deviation over them."
     import statistics
-    rows, vals = [], {k: [] for k in ("win", "gold", "proxy", "kl", "length", "eos_frac")}
+    rows, seeds, vals = [], [], {k: [] for k in ("win", "gold", "proxy", "kl", "length", "eos_frac")}
     for run in runs:
-        s = json.loads(((run / "summary-ppo.json") if (run / "summary-ppo.json").exists() else (run / "summary.json")).read_text())
+        s = load_summary(run)
         if "gold" not in s["win_rates"]: raise SystemExit(f"{run}: no gold judge in this run's summary; a seed table needs one")
         start, final, w = s["policies"]["sft"], s["policies"][s["algo"]], s["win_rates"]["gold"]["rl_vs_sft"]
         v = dict(win=w["win_rate"], gold=final["gold"] - start["gold"], proxy=final["proxy"] - start["proxy"], kl=final["kl"],
                  length=final["length"], eos_frac=final["eos_frac"])
         for k in vals: vals[k].append(v[k])
+        seeds.append(str(s["seed"]))
         rows.append(f"| {s['seed']} | {ci(w)} | {v['gold']:+.3f} | {v['proxy']:+.3f} | {v['kl']:.2f} | {v['length']:.1f} | "
                     f"{v['eos_frac']:.2f} | {s['steps']} |")
     ms = lambda k, f: f"{f.format(statistics.mean(vals[k]))} ± {f.format(statistics.stdev(vals[k])).lstrip('+')}" \
         if len(vals[k]) > 1 else f.format(vals[k][0])
     rows.append(f"| **mean ± sd** | {ms('win', '{:.3f}')} | {ms('gold', '{:+.3f}')} | {ms('proxy', '{:+.3f}')} | "
                 f"{ms('kl', '{:.2f}')} | {ms('length', '{:.1f}')} | {ms('eos_frac', '{:.2f}')} | |")
-    return "\n".join([f"PPO with seeds {', '.join(str(json.loads((r / 'pipeline_config.json').read_text())['seed']) for r in runs)} "
+    return "\n".join([f"PPO with seeds {', '.join(seeds)} "
                       "(the seed sets the prompt order, the sampling and the value head; the reward model, the gold judge "
                       "and the held-out prompts are shared), each scored against its own sample of the start policy; "
                       f"measured on {machine()}.", "",

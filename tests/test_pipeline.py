@@ -147,7 +147,7 @@ def test_every_algo_on_the_same_run_and_the_comparison_table(done, tmp_path):
 
 
 def test_no_sft_starts_rl_from_the_base_model(tmp_path):
-    "`sft.max_steps=0` (the real run's default): check_config accepts it, the sft stage saves the base model untouched."
+    "`sft.max_steps=0` (no SFT): check_config accepts it, the sft stage saves the base model untouched."
     import torch
     from open_chatgpt.sft import load_policy, tiny_policy
     from open_chatgpt.data import get_tokenizer
