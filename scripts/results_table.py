@@ -47,6 +47,13 @@ def load_note(s: dict) -> str:
             + (" (the machine was shared with other work: times are upper bounds)." if busy else "."))
 
 
+def total_row(sec: dict, algo: str) -> str:
+    "The total wall time; for a resumed run (one process did not time every stage) the sum of the stages, said so."
+    stages = sum(sec.get(k) or 0 for k in ("sft", "reward", "judge", algo, "eval"))
+    if sec.get("total") is not None and stages <= 1.05 * sec["total"]: return f"| **total** | | **{minutes(sec['total'])}** | |"
+    return f"| **total** | sum of the stages (the run was resumed, so no one process timed them all) | **{minutes(stages)}** | |"
+
+
 def load_summary(run: Path) -> dict:
     "The PPO run's summary (other algorithms may have run in the same directory afterwards: --algo X --resume)."
     return json.loads(((run / "summary-ppo.json") if (run / "summary-ppo.json").exists() else (run / "summary.json")).read_text())
@@ -74,7 +81,7 @@ def render(run: Path, name: str, copy_image: bool = True) -> str:
     lines += [f"| {algo.upper()} | {s['steps']} steps, evaluated every checkpoint | {minutes(sec.get(algo))} | {rss.get(algo) or 0:.2f} |",
               f"| evaluation | {s['n_eval_prompts']} held-out prompts, sampled answers; best-of-{s['best_of_n'][-1]['n'] if s['best_of_n'] else 1} | "
               f"{minutes(sec.get('eval'))} | {rss.get('eval') or 0:.2f} |",
-              f"| **total** | | **{minutes(sec.get('total'))}** | |", ""]
+              total_row(sec, algo), ""]
     keys = [("proxy", "proxy score"), ("gold", "gold score"), ("kl", "KL to the start (nats)"), ("length", "length (tokens)"),
             ("eos_frac", "answers that end")]
     keys = [(k, h) for k, h in keys if any(k in p for p in s["policies"].values())]

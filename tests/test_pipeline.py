@@ -180,3 +180,20 @@ def test_seed_table_reports_each_seed_and_the_spread(done, tmp_path):
     rows = [r for r in out.splitlines() if r.startswith(("| 0 |", "| 1 |", "| **mean"))]
     assert len(rows) == 3 and rows[0].startswith("| 0 | 0.500") and rows[1].startswith("| 1 | 0.600")
     assert "| 0.550 ± 0.071 |" in rows[2] and "seeds 0, 1" in out                   # sd of (0.5, 0.6) = 0.0707
+
+
+def test_results_table_total_of_a_resumed_run_sums_its_stages(done, tmp_path):
+    "A resumed run's `total` times only its last process: the table shows the sum of the stages instead, and says so."
+    import shutil
+    run = tmp_path / "resumed"; shutil.copytree(done, run)
+    s = json.loads((run / "summary-ppo.json").read_text())
+    s["seconds"] = dict(sft=600.0, reward=300.0, judge=0.0, ppo=1200.0, eval=60.0, total=30.0)   # 36 min of stages
+    (run / "summary-ppo.json").write_text(json.dumps(s))
+    out = subprocess.run([sys.executable, "scripts/results_table.py", str(run), "--dry-run"], capture_output=True,
+                         text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    assert "| **total** | sum of the stages (the run was resumed, so no one process timed them all) | **36.0 min** | |" in out
+    s["seconds"]["total"] = 2200.0                                       # one process ran every stage: its own clock
+    (run / "summary-ppo.json").write_text(json.dumps(s))
+    out = subprocess.run([sys.executable, "scripts/results_table.py", str(run), "--dry-run"], capture_output=True,
+                         text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    assert "| **total** | | **36.7 min** | |" in out
