@@ -5,12 +5,12 @@
 # %% auto #0
 __all__ = ['DROPOUT_FIELDS', 'MINIBATCH_STATS', 'DIALS', 'PPOConfig', 'disable_dropout', 'value_head', 'Critic', 'PolicyAndValue',
            'AdapterDisabled', 'lora_trained', 'fresh_lora', 'make_ppo_models', 'truncate_after_eos', 'sample_next',
-           'logits_to_keep_kw', 'sample_tokens', 'rollout', 'same_tokenizer', 'reward_model_fn', 'sentiment_reward_fn',
-           'score', 'forward_logprobs_values', 'batched_forward', 'old_logprobs_values', 'advantages_and_returns',
-           'kl_per_response', 'ppo_minibatch_loss', 'hf_models', 'checkpointing_on', 'check_checkpointing',
-           'set_checkpointing', 'checkpointing', 'ppo_update', 'mean_stats', 'ppo_step', 'prompt_batch',
-           'RunningMoments', 'scale_scores', 'make_kl_controller', 'stats_row', 'train_ppo', 'evaluate_policy',
-           'plot_reward_kl', 'plot_dials']
+           'logits_to_keep_kw', 'sample_tokens', 'unique_prompts', 'rollout', 'same_tokenizer', 'reward_model_fn',
+           'sentiment_reward_fn', 'score', 'forward_logprobs_values', 'batched_forward', 'old_logprobs_values',
+           'advantages_and_returns', 'kl_per_response', 'ppo_minibatch_loss', 'hf_models', 'checkpointing_on',
+           'check_checkpointing', 'set_checkpointing', 'checkpointing', 'ppo_update', 'mean_stats', 'ppo_step',
+           'prompt_batch', 'RunningMoments', 'scale_scores', 'make_kl_controller', 'stats_row', 'train_ppo',
+           'evaluate_policy', 'plot_reward_kl', 'plot_dials']
 
 # %% ../nbs/06_ppo.ipynb #51191a9d
 import contextlib
@@ -279,12 +279,16 @@ def sample_tokens(
     pad_token_id: int,
     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, do_sample: bool = True,
     min_new_tokens: int = 1,                   # EOS is forbidden before this many tokens
-) -> torch.Tensor:  # (batch, max_new_tokens), pad after each row's end
+    expand: Optional[torch.Tensor] = None,     # (rows,) the query row each answer continues; None = one answer per row
+) -> torch.Tensor:  # (rows, max_new_tokens), pad after each row's end
     "Responses with a KV cache; a row leaves the batch (and the cache) as soon as it writes EOS."
-    B = query.shape[0]
-    out = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=query.device)
     o = model(**model_inputs(model, query, query_mask), use_cache=True, **logits_to_keep_kw(model, 1))  # prefill: the whole prompt, last logit
     cache, logits = o.past_key_values, o.logits[:, -1]
+    if expand is not None:                     # several answers to one prompt share its prefill: copy the cache rows
+        expand = expand.to(query.device)
+        cache, logits, query_mask = _select_rows(cache, expand), logits[expand], query_mask[expand]
+    B = logits.shape[0]
+    out = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=query.device)
     rows, am = torch.arange(B, device=query.device), query_mask                        # rows still answering
     pos, with_pos = position_ids_from_mask(query_mask)[:, -1], accepts_position_ids(model)
     for t in range(max_new_tokens):
@@ -303,6 +307,13 @@ def sample_tokens(
         cache, logits = o.past_key_values, o.logits[:, -1]
     return out
 
+# %% ../nbs/06_ppo.ipynb #f47b0765
+def unique_prompts(prompts: Sequence[str]) -> tuple[list[str], torch.Tensor]:
+    "The distinct prompts in order of first appearance, and for each prompt its row among them (len(prompts),)."
+    rows = {}
+    index = [rows.setdefault(p, len(rows)) for p in prompts]
+    return list(rows), torch.tensor(index, dtype=torch.long)
+
 # %% ../nbs/06_ppo.ipynb #3e68f5f3
 @torch.no_grad()
 def rollout(
@@ -315,14 +326,18 @@ def rollout(
     "Sample one response per prompt (`sample_tokens`); left-padded queries, responses cut after their first EOS."
     policy = policy.policy if isinstance(policy, PolicyAndValue) else policy
     collate = PromptCollator(tokenizer, config.max_prompt_length, config.max_new_tokens, context_length(policy))
-    batch = collate([{"prompt": p} for p in prompts])
+    distinct, index = unique_prompts(prompts)                                        # a repeated prompt is prefilled once
+    batch = collate([{"prompt": p} for p in distinct])
     device = model_device(policy)
-    query, query_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)  # (batch, P) each, left-padded
+    query, query_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)  # (distinct, P) each, left-padded
     was_training = policy.training
     policy.eval()
     out = sample_tokens(policy, query, query_mask, config.max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id,
-                        config.temperature, config.top_k, config.top_p, do_sample)   # (batch, resp)
+                        config.temperature, config.top_k, config.top_p, do_sample,
+                        expand=index if len(distinct) < len(prompts) else None)      # (batch, resp)
     policy.train(was_training)
+    index = index.to(device)
+    query, query_mask = query[index], query_mask[index]                              # (batch, P): one row per answer
     response, response_mask, has_eos = truncate_after_eos(out, tokenizer.eos_token_id, tokenizer.pad_token_id)
     width = int(response_mask.sum(1).max())                                          # drop all-padding columns
     response, response_mask = response[:, :width], response_mask[:, :width]
