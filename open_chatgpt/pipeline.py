@@ -495,6 +495,8 @@ def run_eval(cfg: PipelineConfig, log=print) -> dict:
         for name, a in ans.items():
             write_jsonl(answer_rows(a), d / f"answers-{name}.jsonl")
             atomic_write_text(d / f"answers-{name}.json", json.dumps(dict(key=a["key"], n=a["n"], greedy=a["greedy"])))
+        for old in (out / "eval").glob("overoptimisation-*.png"):              # keep the other algorithms' curves
+            if old.name != f"overoptimisation-{cfg.algo}.png": shutil.copy2(old, d / old.name)
         for name in ("overoptimisation.png", f"overoptimisation-{cfg.algo}.png"):   # the last run's, and one per algorithm
             plot_overoptimisation(res["curve"], res["best_of_n"], d / name,
                                   title=f"{cfg.model or 'tiny GPT-2'}, {cfg.algo}, seed {cfg.seed}, {len(final['responses'])} held-out prompts")

@@ -139,6 +139,8 @@ def test_every_algo_on_the_same_run_and_the_comparison_table(done, tmp_path):
         assert abs(read_metrics(run / algo / "metrics.jsonl")[0]["objective/kl"]) < 1e-5
     assert before == {p: p.stat().st_mtime_ns for d in ("sft", "reward") for p in (run / d).rglob("*") if p.is_file()}
     assert (run / "eval" / "answers-sft.jsonl").read_text() == sft_answers  # the SFT policy was not sampled again
+    assert sorted(p.name for p in (run / "eval").glob("overoptimisation-*.png")) == [   # each algorithm's curve survives
+        f"overoptimisation-{a}.png" for a in ("dpo", "grpo", "ppo", "rloo")]
     out = subprocess.run([sys.executable, "scripts/compare_table.py", str(run), "--dry-run"], capture_output=True,
                          text=True, cwd=Path(__file__).resolve().parents[1])
     assert out.returncode == 0, out.stderr
