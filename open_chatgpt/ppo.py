@@ -5,11 +5,11 @@
 # %% auto #0
 __all__ = ['DROPOUT_FIELDS', 'MINIBATCH_STATS', 'DIALS', 'PPOConfig', 'disable_dropout', 'value_head', 'Critic', 'PolicyAndValue',
            'AdapterDisabled', 'lora_trained', 'fresh_lora', 'make_ppo_models', 'truncate_after_eos', 'sample_next',
-           'logits_to_keep_kw', 'sample_tokens', 'unique_prompts', 'rollout', 'same_tokenizer', 'reward_model_fn',
-           'sentiment_reward_fn', 'score', 'forward_logprobs_values', 'batched_forward', 'old_logprobs_values',
-           'advantages_and_returns', 'kl_per_response', 'ppo_minibatch_loss', 'hf_models', 'checkpointing_on',
-           'check_checkpointing', 'set_checkpointing', 'checkpointing', 'ppo_update', 'mean_stats', 'ppo_step',
-           'prompt_batch', 'RunningMoments', 'scale_scores', 'make_kl_controller', 'stats_row', 'train_ppo',
+           'logits_to_keep_kw', 'cache_kw', 'sample_tokens', 'unique_prompts', 'rollout', 'same_tokenizer',
+           'reward_model_fn', 'sentiment_reward_fn', 'score', 'forward_logprobs_values', 'batched_forward',
+           'old_logprobs_values', 'advantages_and_returns', 'kl_per_response', 'ppo_minibatch_loss', 'hf_models',
+           'checkpointing_on', 'check_checkpointing', 'set_checkpointing', 'checkpointing', 'ppo_update', 'mean_stats',
+           'ppo_step', 'prompt_batch', 'RunningMoments', 'scale_scores', 'make_kl_controller', 'stats_row', 'train_ppo',
            'evaluate_policy', 'plot_reward_kl', 'plot_dials']
 
 # %% ../nbs/06_ppo.ipynb #51191a9d
@@ -268,6 +268,11 @@ def logits_to_keep_kw(model, n: int) -> dict:
     params = inspect.signature(base.forward).parameters
     return next(({k: n} for k in ("logits_to_keep", "num_logits_to_keep") if k in params), {})  # transformers 5 / 4.45
 
+def cache_kw(model) -> str:
+    "The name a causal LM's forward takes its KV cache by, and returns it under: 'cache' (transformers >= 5.24) or 'past_key_values'."
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
 # %% ../nbs/06_ppo.ipynb #ae6b9860
 @torch.no_grad()
 def sample_tokens(
@@ -282,8 +287,9 @@ def sample_tokens(
     expand: Optional[torch.Tensor] = None,     # (rows,) the query row each answer continues; None = one answer per row
 ) -> torch.Tensor:  # (rows, max_new_tokens), pad after each row's end
     "Responses with a KV cache; a row leaves the batch (and the cache) as soon as it writes EOS."
+    ck = cache_kw(model)
     o = model(**model_inputs(model, query, query_mask), use_cache=True, **logits_to_keep_kw(model, 1))  # prefill: the whole prompt, last logit
-    cache, logits = o.past_key_values, o.logits[:, -1]
+    cache, logits = o[ck], o.logits[:, -1]
     if expand is not None:                     # several answers to one prompt share its prefill: copy the cache rows
         expand = expand.to(query.device)
         cache, logits, query_mask = _select_rows(cache, expand), logits[expand], query_mask[expand]
@@ -301,13 +307,13 @@ def sample_tokens(
             keep = live.nonzero().squeeze(1)
             rows, tok, am, pos, cache = rows[keep], tok[keep], am[keep], pos[keep], _select_rows(cache, keep)
         am, pos = torch.cat([am, am.new_ones(len(rows), 1)], 1), pos + 1
-        kw = dict(input_ids=tok[:, None], attention_mask=am, past_key_values=cache, use_cache=True)
+        kw = {"input_ids": tok[:, None], "attention_mask": am, ck: cache, "use_cache": True}
         if with_pos: kw["position_ids"] = pos[:, None]
         o = model(**kw)
-        cache, logits = o.past_key_values, o.logits[:, -1]
+        cache, logits = o[ck], o.logits[:, -1]
     return out
 
-# %% ../nbs/06_ppo.ipynb #f47b0765
+# %% ../nbs/06_ppo.ipynb #e6213ea7
 def unique_prompts(prompts: Sequence[str]) -> tuple[list[str], torch.Tensor]:
     "The distinct prompts in order of first appearance, and for each prompt its row among them (len(prompts),)."
     rows = {}
