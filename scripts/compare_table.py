@@ -25,6 +25,14 @@ def load(run: Path) -> dict:
     return {a: found[a] for a in ORDER if a in found} | {a: s for a, s in found.items() if a not in ORDER}
 
 
+def train_seconds(run: Path, algo: str):
+    "The optimisation steps' own time (the sum of `time/step` in the stage's metrics.jsonl), without checkpoint evaluation."
+    f = run / algo / "metrics.jsonl"
+    if not f.exists(): return None
+    rows = [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
+    return sum(r.get("time/step") or 0.0 for r in rows) if rows and all("time/step" in r for r in rows) else None
+
+
 def plot(runs: dict, path: Path, title: str) -> None:
     import matplotlib; matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -49,23 +57,27 @@ def render(run: Path, draw: bool = True) -> str:
              f"{any_['n_eval_prompts']} held-out prompts, seed {any_['seed']}; measured on {machine()}."
              + "".join(f" {a.upper()}:{load_note(s)}" for a, s in runs.items() if s.get("load_avg")) + " "
              + (f"Gold judge held-out accuracy {ci(j)}." if j else ""), "",
-             "| algorithm | gold win rate vs SFT (95% CI) | gold score - SFT | proxy score - SFT | KL to SFT (nats) | answers that end | length | steps | wall time | peak RSS (GiB) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| algorithm | gold win rate vs SFT (95% CI) | gold score - SFT | proxy score - SFT | KL to SFT (nats) | answers that end | length | steps | training steps | stage wall time | peak RSS (GiB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for algo, s in runs.items():
         p, sft = s["policies"][algo], s["policies"]["sft"]
         w = (s["win_rates"].get("gold") or {}).get("rl_vs_sft")
         d = lambda k: "-" if k not in p or k not in sft else f"{p[k] - sft[k]:+.3f}"
         kl = "-" if p.get("kl") is None else f"{p['kl']:.2f}"
         lines.append(f"| {algo.upper()} | {ci(w) if w else '-'} | {d('gold')} | {d('proxy')} | {kl} | "
-                     f"{p['eos_frac']:.2f} | {p['length']:.1f} | {s['steps']} | {minutes(s['seconds'].get(algo))} | "
+                     f"{p['eos_frac']:.2f} | {p['length']:.1f} | {s['steps']} | {minutes(train_seconds(run, algo))} | "
+                     f"{minutes(s['seconds'].get(algo))} | "
                      f"{s['peak_rss_gib'].get(algo) or 0:.2f} |")
     bon = any_["best_of_n"]
     if bon:
         b = bon[-1]
         lines.append(f"| best-of-{b['n']} (no training) | - | {b['gold'] - bon[0]['gold']:+.3f} | {b['proxy'] - bon[0]['proxy']:+.3f} | "
-                     f"{b['kl']:.2f} | - | - | - | - | - |")
+                     f"{b['kl']:.2f} | - | - | - | - | - | - |")
     if draw: plot(runs, ROOT / "nbs" / "images" / "compare.png", f"{len(runs)} algorithms, seed {any_['seed']}, {any_['n_eval_prompts']} prompts")
-    lines += ["", "![proxy and gold score against sqrt(KL) for every algorithm](images/compare.png)"]
+    lines += ["", "*Training steps* is the sum of the optimisation steps' times (`time/step` in each stage's metrics.jsonl); "
+              "*stage wall time* adds the evaluation of every checkpoint on the held-out prompts (the curve) and "
+              "loading, and for a resumed stage only its last process.",
+              "", "![proxy and gold score against sqrt(KL) for every algorithm](images/compare.png)"]
     return "\n".join(lines)
 
 

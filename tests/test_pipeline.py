@@ -146,6 +146,10 @@ def test_every_algo_on_the_same_run_and_the_comparison_table(done, tmp_path):
     assert out.returncode == 0, out.stderr
     rows = [l for l in out.stdout.splitlines() if l.startswith("| ") and l.split("|")[1].strip() in ("PPO", "DPO", "GRPO", "RLOO")]
     assert [r.split("|")[1].strip() for r in rows] == ["PPO", "DPO", "GRPO", "RLOO"]
+    for r in rows:                                               # the steps' own time, from each stage's metrics.jsonl
+        algo = r.split("|")[1].strip().lower()
+        steps_s = sum(x["time/step"] for x in read_metrics(run / algo / "metrics.jsonl"))
+        assert r.split("|")[9].strip() == f"{steps_s / 60:.1f} min"
 
 
 def test_no_sft_starts_rl_from_the_base_model(tmp_path):
