@@ -7,6 +7,7 @@ The run's over-optimisation plot is copied to nbs/images/overoptimisation-NAME.p
     python scripts/results_table.py runs/demo-tiny --name tiny   # after `make demo-tiny`
     python scripts/results_table.py runs/demo --dry-run          # print the Markdown only
     python scripts/results_table.py runs/demo --seeds runs/demo-s1 runs/demo-s2   # the spread over seeds (README, ch. 10)
+    python scripts/results_table.py runs/demo-nosft --name nosft --seeds runs/demo-nosft-s1 runs/demo-nosft-s2
 """
 import argparse, json, os, platform, shutil, subprocess, sys
 from pathlib import Path
@@ -169,15 +170,16 @@ if __name__ == "__main__":
     ap.add_argument("--name", default="real", help="which table: results-NAME markers (real, tiny)")
     ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--seeds", type=Path, nargs="+", default=None,
-                    help="more runs of the same configuration with other seeds: a seed table (seeds markers) in the "
+                    help="more runs of the same configuration with other seeds: a seed table (seeds-NAME markers) in the "
                          "README and chapter 10, from RUN and these")
     a = ap.parse_args()
     if a.seeds:
         table = render_seeds([a.run, *a.seeds])
         print(table)
         if not a.dry_run:
-            write_index(table, "seeds", "<!-- seeds:start -->", "<!-- seeds:end -->", "10_pipeline.ipynb", readme=False)
-            write_index(table, "seeds", "<!-- seeds:start -->", "<!-- seeds:end -->")
+            marks = f"<!-- seeds-{a.name}:start -->", f"<!-- seeds-{a.name}:end -->"   # one seed table per configuration
+            write_index(table, "seeds", *marks, "10_pipeline.ipynb", readme=False)
+            write_index(table, "seeds", *marks)
         sys.exit(0)
     table = render(a.run, a.name, copy_image=not a.dry_run)
     print(table)
