@@ -9,7 +9,7 @@ __all__ = ['IGNORE_INDEX', 'CKPT_PREFIX', 'STATE_FILE', 'DEEPSPEED_ZERO2', 'sft_
            'sft_datasets', 'micro_batch_indices', 'step_batches', 'resolve_precision', 'accumulate_gradients',
            'make_optimizer', 'make_scheduler', 'optimizer_step', 'new_history', 'log_row', 'train_sft', 'plot_history',
            'latest_checkpoint', 'save_checkpoint', 'load_checkpoint', 'resume_training', 'set_gradient_checkpointing',
-           'sft_training_args', 'train_sft_trainer']
+           'is_checkpointing', 'sft_training_args', 'train_sft_trainer']
 
 # %% ../nbs/03_sft.ipynb #30d7cd78
 import json
@@ -517,9 +517,16 @@ def resume_training(path, model, optimizer, scheduler, scaler, config: SFTConfig
 # %% ../nbs/03_sft.ipynb #b3e1c99d
 def set_gradient_checkpointing(model, on: bool) -> None:
     "Switch gradient checkpointing (non-reentrant) on or off; the KV cache is off while it is on."
-    if on: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    else: model.gradient_checkpointing_disable()
+    new, kw = hasattr(model, "activation_checkpointing_enable"), {"use_reentrant": False}  # transformers 5's names
+    if on and new: model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+    elif on: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+    else: model.activation_checkpointing_disable() if new else model.gradient_checkpointing_disable()
     _base_model(model).config.use_cache = not on
+
+def is_checkpointing(model) -> bool:
+    "Whether `model` recomputes its activations in the backward pass (either transformers' name for it)."
+    return bool(getattr(model, "is_activation_checkpointing", None) if hasattr(model, "activation_checkpointing_enable")
+                else getattr(model, "is_gradient_checkpointing", False))
 
 # %% ../nbs/03_sft.ipynb #c66b1438
 DEEPSPEED_ZERO2 = {  # a DeepSpeed ZeRO-2 config; "auto" values are filled in by the Trainer from SFTConfig
