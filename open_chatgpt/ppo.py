@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import PromptCollator, is_quick
+from .data import PromptCollator, check_text, is_quick
 from .models import (accepts_position_ids, hidden_size, is_lora, model_inputs, position_ids_from_mask,
                                  prepare_model)
 from .reward import reward_text
@@ -269,7 +269,7 @@ def logits_to_keep_kw(model, n: int) -> dict:
     return next(({k: n} for k in ("logits_to_keep", "num_logits_to_keep") if k in params), {})  # transformers 5 / 4.45
 
 def cache_kw(model) -> str:
-    "The name a causal LM's forward takes its KV cache by, and returns it under: 'cache' (transformers >= 5.24) or 'past_key_values'."
+    "The KV cache's keyword in a causal LM's forward and output: 'cache' (transformers >= 5.24) or 'past_key_values'."
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
@@ -317,7 +317,7 @@ def sample_tokens(
 def unique_prompts(prompts: Sequence[str]) -> tuple[list[str], torch.Tensor]:
     "The distinct prompts in order of first appearance, and for each prompt its row among them (len(prompts),)."
     rows = {}
-    index = [rows.setdefault(p, len(rows)) for p in prompts]
+    index = [rows.setdefault(check_text(p, "prompt", f"prompt {i}"), len(rows)) for i, p in enumerate(prompts)]
     return list(rows), torch.tensor(index, dtype=torch.long)
 
 # %% ../nbs/06_ppo.ipynb #3e68f5f3

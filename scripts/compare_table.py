@@ -27,9 +27,10 @@ def load(run: Path) -> dict:
 
 def train_seconds(run: Path, algo: str):
     "The optimisation steps' own time (the sum of `time/step` in the stage's metrics.jsonl), without checkpoint evaluation."
+    from open_chatgpt.plumbing import read_metrics   # skips a line cut short by a killed process
     f = run / algo / "metrics.jsonl"
     if not f.exists(): return None
-    rows = [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
+    rows = read_metrics(f)
     return sum(r.get("time/step") or 0.0 for r in rows) if rows and all("time/step" in r for r in rows) else None
 
 
