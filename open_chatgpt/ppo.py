@@ -8,8 +8,8 @@ __all__ = ['DROPOUT_FIELDS', 'MINIBATCH_STATS', 'DIALS', 'PPOConfig', 'disable_d
            'logits_to_keep_kw', 'cache_kw', 'sample_tokens', 'unique_prompts', 'rollout', 'same_tokenizer',
            'reward_model_fn', 'sentiment_reward_fn', 'score', 'forward_logprobs_values', 'batched_forward',
            'old_logprobs_values', 'advantages_and_returns', 'kl_per_response', 'ppo_minibatch_loss', 'hf_models',
-           'checkpointing_on', 'check_checkpointing', 'set_checkpointing', 'checkpointing', 'ppo_update', 'mean_stats',
-           'ppo_step', 'prompt_batch', 'RunningMoments', 'scale_scores', 'make_kl_controller', 'stats_row', 'train_ppo',
+           'check_checkpointing', 'set_checkpointing', 'checkpointing', 'ppo_update', 'mean_stats', 'ppo_step',
+           'prompt_batch', 'RunningMoments', 'scale_scores', 'make_kl_controller', 'stats_row', 'train_ppo',
            'evaluate_policy', 'plot_reward_kl', 'plot_dials']
 
 # %% ../nbs/06_ppo.ipynb #51191a9d
@@ -34,6 +34,7 @@ from .data import PromptCollator, check_text, is_quick
 from .models import (accepts_position_ids, hidden_size, is_lora, model_inputs, position_ids_from_mask,
                                  prepare_model)
 from .reward import reward_text
+from .sft import is_checkpointing, switch_checkpointing
 from .plumbing import (append_metrics, atomic_save, atomic_write_text, context_length, model_device,
                                    open_run, read_metrics, rng_state, seed_everything, set_rng_state, write_csv)
 from .ppo_core import (KL_ESTIMATORS, AdaptiveKLController, FixedKLController, compute_gae,
@@ -335,6 +336,7 @@ def rollout(
     distinct, index = unique_prompts(prompts)                                        # a repeated prompt is prefilled once
     batch = collate([{"prompt": p} for p in distinct])
     device = model_device(policy)
+    index = index.to(device)
     query, query_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)  # (distinct, P) each, left-padded
     was_training = policy.training
     policy.eval()
@@ -342,7 +344,6 @@ def rollout(
                         config.temperature, config.top_k, config.top_p, do_sample,
                         expand=index if len(distinct) < len(prompts) else None)      # (batch, resp)
     policy.train(was_training)
-    index = index.to(device)
     query, query_mask = query[index], query_mask[index]                              # (batch, P): one row per answer
     response, response_mask, has_eos = truncate_after_eos(out, tokenizer.eos_token_id, tokenizer.pad_token_id)
     width = int(response_mask.sum(1).max())                                          # drop all-padding columns
@@ -501,11 +502,6 @@ def hf_models(model: PolicyAndValue) -> list:
     ms = [model.policy] + ([model.critic.backbone] if model.critic is not None else [])
     return [m.get_base_model() if hasattr(m, "get_base_model") else m for m in ms]
 
-def checkpointing_on(m) -> bool:
-    "Whether a transformers model recomputes its activations (the attribute's name changed in transformers 5)."
-    return bool(getattr(m, "is_activation_checkpointing", None) if hasattr(m, "activation_checkpointing_enable")
-                else getattr(m, "is_gradient_checkpointing", False))
-
 def check_checkpointing(model: PolicyAndValue) -> None:
     "A ValueError naming the model if the actor's or critic's transformer cannot recompute its activations."
     for m in hf_models(model):
@@ -516,10 +512,7 @@ def set_checkpointing(model: PolicyAndValue, on: bool) -> None:
     "Activation checkpointing (non-reentrant) on or off in the actor's and critic's transformers."
     if on: check_checkpointing(model)                                       # all of them, before switching any on
     for m in hf_models(model):
-        new = hasattr(m, "activation_checkpointing_enable")                  # transformers >= 5: the new names
-        if on and new: m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        elif on: m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        elif checkpointing_on(m): m.activation_checkpointing_disable() if new else m.gradient_checkpointing_disable()
+        if on or is_checkpointing(m): switch_checkpointing(m, on)           # chapter 3's switch, either transformers' names
 
 @contextlib.contextmanager
 def checkpointing(model: PolicyAndValue, on: bool):

@@ -8,8 +8,8 @@ __all__ = ['IGNORE_INDEX', 'CKPT_PREFIX', 'STATE_FILE', 'DEEPSPEED_ZERO2', 'sft_
            'generate', 'check_sft_data', 'evaluate_sft', 'rouge', 'SFTConfig', 'lr_factor', 'filter_sft',
            'sft_datasets', 'micro_batch_indices', 'step_batches', 'resolve_precision', 'accumulate_gradients',
            'make_optimizer', 'make_scheduler', 'optimizer_step', 'new_history', 'log_row', 'train_sft', 'plot_history',
-           'latest_checkpoint', 'save_checkpoint', 'load_checkpoint', 'resume_training', 'set_gradient_checkpointing',
-           'is_checkpointing', 'sft_training_args', 'train_sft_trainer']
+           'latest_checkpoint', 'save_checkpoint', 'load_checkpoint', 'resume_training', 'switch_checkpointing',
+           'set_gradient_checkpointing', 'is_checkpointing', 'sft_training_args', 'train_sft_trainer']
 
 # %% ../nbs/03_sft.ipynb #30d7cd78
 import json
@@ -515,12 +515,16 @@ def resume_training(path, model, optimizer, scheduler, scaler, config: SFTConfig
     return state["step"], state["history"], state["window"]
 
 # %% ../nbs/03_sft.ipynb #b3e1c99d
-def set_gradient_checkpointing(model, on: bool) -> None:
-    "Switch gradient checkpointing (non-reentrant) on or off; the KV cache is off while it is on."
+def switch_checkpointing(model, on: bool) -> None:
+    "Activation checkpointing (non-reentrant) on or off, by whichever names this transformers version has."
     new, kw = hasattr(model, "activation_checkpointing_enable"), {"use_reentrant": False}  # transformers 5's names
     if on and new: model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
     elif on: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
     else: model.activation_checkpointing_disable() if new else model.gradient_checkpointing_disable()
+
+def set_gradient_checkpointing(model, on: bool) -> None:
+    "Switch gradient checkpointing (non-reentrant) on or off; the KV cache is off while it is on."
+    switch_checkpointing(model, on)
     _base_model(model).config.use_cache = not on
 
 def is_checkpointing(model) -> bool:

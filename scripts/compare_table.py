@@ -31,7 +31,7 @@ def train_seconds(run: Path, algo: str):
     f = run / algo / "metrics.jsonl"
     if not f.exists(): return None
     rows = read_metrics(f)
-    return sum(r.get("time/step") or 0.0 for r in rows) if rows and all("time/step" in r for r in rows) else None
+    return sum(r["time/step"] for r in rows) if rows and all("time/step" in r for r in rows) else None
 
 
 def plot(runs: dict, path: Path, title: str) -> None:
