@@ -29,7 +29,7 @@ import torch
 
 from .data import get_tokenizer, hh_prompt, is_quick, load_preferences, load_prompts, load_sft
 from .evaluation import (JudgeConfig, best_of_n, load_or_train_judge, plot_overoptimisation, sample_answers,
-                                     summarize_answers, win_rate)
+                                     summarize_answers, pooled_win_rate)
 from .plumbing import (atomic_write_text, context_length, peak_rss_gib, read_metrics, stage_dir,
                                    write_jsonl)
 from .ppo import PPOConfig, make_ppo_models, plot_dials, reward_model_fn, rollout, same_tokenizer, train_ppo
@@ -465,14 +465,14 @@ def policy_answers(cfg: PipelineConfig, log=print) -> dict:
 def compare(ans: dict, curve: list[dict], final: dict, n: int) -> dict:
     "Win rates (gold, and proxy for contrast), best-of-n and the full curve from the answers of base, SFT and final."
     sft = ans["sft"]
-    first = {k: v[::n] for k, v in sft["scores"].items()}                   # the SFT policy's first answer per prompt
+    draws = {k: v.view(-1, n) for k, v in sft["scores"].items()}            # (prompts, n) the SFT policy's n answers
     res = dict(win_rates={}, best_of_n=[], curve=[dict(step=0, **summarize_answers(sft), kl=0.0, sqrt_kl=0.0)] + curve)
     for judge in ("gold", "proxy"):
-        if judge not in first: continue
-        pairs = dict(rl_vs_sft=(final["scores"][judge], first[judge]))
-        if "base" in ans: pairs.update(sft_vs_base=(first[judge], ans["base"]["scores"][judge]),
+        if judge not in draws: continue
+        pairs = dict(rl_vs_sft=(final["scores"][judge], draws[judge]))
+        if "base" in ans: pairs.update(sft_vs_base=(draws[judge], ans["base"]["scores"][judge]),
                                        rl_vs_base=(final["scores"][judge], ans["base"]["scores"][judge]))
-        res["win_rates"][judge] = {k: win_rate(a, b) for k, (a, b) in pairs.items()}
+        res["win_rates"][judge] = {k: pooled_win_rate(a, b) for k, (a, b) in pairs.items()}
     if "gold" in sft["scores"] and n > 1:
         res["best_of_n"] = best_of_n(sft["scores"]["proxy"].view(-1, n), sft["scores"]["gold"].view(-1, n),
                                      [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= n])
@@ -582,7 +582,9 @@ def check_config(cfg: PipelineConfig) -> None:
         for split in ("train", "test"): load_data(cfg, kind, split)
 
 # %% ../nbs/10_pipeline.ipynb #27033f54
-def _wr(w: dict) -> str: return f"{w['win_rate']:.3f} (95% CI {w['ci_low']:.3f}-{w['ci_high']:.3f}, n={w['n']})"
+def _wr(w: dict) -> str:
+    draws = "" if max(w.get("draws") or [1]) == 1 else f" x {'x'.join(map(str, w['draws']))} draws"
+    return f"{w['win_rate']:.3f} (95% CI {w['ci_low']:.3f}-{w['ci_high']:.3f}, n={w['n']}{draws})"
 
 def format_summary(s: dict) -> str:
     "A pipeline summary as text: reward models and baselines, policies, win rates, best-of-n, the curve, answers."
