@@ -441,6 +441,7 @@ def _load_answers(d: Path, name: str, key: str) -> Optional[dict]:
     return dict(prompts=[r["prompt"] for r in rows], responses=[r["response"] for r in rows], n=m["n"],
                 has_eos=torch.tensor([r["has_eos"] for r in rows]), length=torch.tensor([r["length"] for r in rows]),
                 kl=None if kl[0] is None else torch.tensor(kl), greedy=m["greedy"], key=key,
+                seconds=m.get("seconds"), reused=True,            # what sampling them cost the evaluation that did
                 scores={k: torch.tensor([r[k] for r in rows]) for k in ("proxy", "gold") if k in rows[0]})
 
 # %% ../nbs/10_pipeline.ipynb #7cb4a76a
@@ -457,8 +458,8 @@ def policy_answers(cfg: PipelineConfig, log=print) -> dict:
         if res[name] is not None: log(f"[eval] {name}: reusing {len(res[name]['responses'])} answers"); continue
         policy, t0 = load_policy(path, tokenizer=tok).eval(), time.perf_counter()
         res[name] = sample_answers(policy, tok, prompts, gen, judges(cfg, tok, log), n=n, seed=cfg.seed + 4321, progress=True)
-        res[name].update(greedy=_greedy(policy, tok, cfg.showcase, gen), key=key)
-        log(f"[eval] {name}: {len(res[name]['responses'])} answers in {time.perf_counter() - t0:.0f}s")
+        res[name].update(greedy=_greedy(policy, tok, cfg.showcase, gen), key=key, seconds=time.perf_counter() - t0)
+        log(f"[eval] {name}: {len(res[name]['responses'])} answers in {res[name]['seconds']:.0f}s")
     return res
 
 # %% ../nbs/10_pipeline.ipynb #795f0487
@@ -494,13 +495,14 @@ def run_eval(cfg: PipelineConfig, log=print) -> dict:
     with stage_dir(out / "eval") as d:
         for name, a in ans.items():
             write_jsonl(answer_rows(a), d / f"answers-{name}.jsonl")
-            atomic_write_text(d / f"answers-{name}.json", json.dumps(dict(key=a["key"], n=a["n"], greedy=a["greedy"])))
+            atomic_write_text(d / f"answers-{name}.json", json.dumps(dict(key=a["key"], n=a["n"], greedy=a["greedy"],
+                                                                          seconds=a.get("seconds"))))
         for old in (out / "eval").glob("overoptimisation-*.png"):              # keep the other algorithms' curves
             if old.name != f"overoptimisation-{cfg.algo}.png": shutil.copy2(old, d / old.name)
         for name in ("overoptimisation.png", f"overoptimisation-{cfg.algo}.png"):   # the last run's, and one per algorithm
             plot_overoptimisation(res["curve"], res["best_of_n"], d / name,
                                   title=f"{cfg.model or 'tiny GPT-2'}, {cfg.algo}, seed {cfg.seed}, {len(final['responses'])} held-out prompts")
-        _stage_json(d, "eval", t0)
+        _stage_json(d, "eval", t0, answers={k: dict(seconds=a.get("seconds"), reused=a.get("reused", False)) for k, a in ans.items()})
     summary = build_summary(cfg, ans, final, res, greedy_final)
     write_summary(out, summary)
     return summary
@@ -513,6 +515,14 @@ def write_summary(out: Path, summary: dict) -> None:
 def _stage_info(d: Path) -> dict:
     try: return json.loads((d / "stage.json").read_text())
     except (OSError, ValueError): return {}
+
+def _eval_seconds(info: dict) -> dict:
+    "The evaluation's cost from scratch: this process plus the sampling of answers it reused from an earlier evaluation."
+    this = info.get("seconds")
+    reused = {k: a.get("seconds") for k, a in (info.get("answers") or {}).items() if a.get("reused")}
+    known = sum(v for v in reused.values() if v is not None)
+    return dict(eval=None if this is None else this + known, eval_this_run=this,
+                eval_uncounted=[k for k, v in reused.items() if v is None])   # reused answers whose cost was not recorded
 
 def build_summary(cfg: PipelineConfig, ans: dict, final: dict, res: dict, greedy_final: list) -> dict:
     "Everything the README and `format_summary` report, from a run's stage outputs and its evaluation."
@@ -538,7 +548,8 @@ def build_summary(cfg: PipelineConfig, ans: dict, final: dict, res: dict, greedy
                                   normalisation=rm_eval.get("normalisation")),
                 judge=judge, policies=policies, win_rates=res["win_rates"], best_of_n=res["best_of_n"], curve=res["curve"],
                 steps=stages[cfg.algo].get("steps"), samples=samples,
-                seconds={s: v.get("seconds") for s, v in stages.items()} | {"judge": (judge or {}).get("seconds_this_run")},
+                seconds={s: v.get("seconds") for s, v in stages.items()} | {"judge": (judge or {}).get("seconds_this_run")}
+                        | _eval_seconds(stages["eval"]),
                 peak_rss_gib={s: v.get("peak_rss_gib") for s, v in stages.items()})
 
 # %% ../nbs/10_pipeline.ipynb #ee58218c

@@ -55,6 +55,13 @@ def total_row(sec: dict, algo: str) -> str:
     return f"| **total** | sum of the stages (the run was resumed, so no one process timed them all) | **{minutes(stages)}** | |"
 
 
+def eval_note(sec: dict) -> str:
+    "What the evaluation's time counts when it reused answers sampled by an earlier evaluation of the run."
+    if sec.get("eval_this_run") is None or sec.get("eval") == sec["eval_this_run"] and not sec.get("eval_uncounted"): return ""
+    note = f" (this process {minutes(sec['eval_this_run'])}, plus sampling the answers it reused from an earlier evaluation"
+    return note + (f"; the {' and '.join(sec['eval_uncounted'])} answers' sampling time was not recorded)" if sec.get("eval_uncounted") else ")")
+
+
 def load_summary(run: Path) -> dict:
     "The PPO run's summary (other algorithms may have run in the same directory afterwards: --algo X --resume)."
     return json.loads(((run / "summary-ppo.json") if (run / "summary-ppo.json").exists() else (run / "summary.json")).read_text())
@@ -80,8 +87,8 @@ def render(run: Path, name: str, copy_image: bool = True) -> str:
                        f"trained once on {j['n_train']} comparisons in {minutes(j['seconds'])}, cached | "
                        f"{minutes(sec.get('judge'))} (load) | - |")
     lines += [f"| {algo.upper()} | {s['steps']} steps, evaluated every checkpoint | {minutes(sec.get(algo))} | {rss.get(algo) or 0:.2f} |",
-              f"| evaluation | {s['n_eval_prompts']} held-out prompts, sampled answers; best-of-{s['best_of_n'][-1]['n'] if s['best_of_n'] else 1} | "
-              f"{minutes(sec.get('eval'))} | {rss.get('eval') or 0:.2f} |",
+              f"| evaluation | {s['n_eval_prompts']} held-out prompts, sampled answers; best-of-{s['best_of_n'][-1]['n'] if s['best_of_n'] else 1}"
+              f"{eval_note(sec)} | {minutes(sec.get('eval'))} | {rss.get('eval') or 0:.2f} |",
               total_row(sec, algo), ""]
     keys = [("proxy", "proxy score"), ("gold", "gold score"), ("kl", "KL to the start (nats)"), ("length", "length (tokens)"),
             ("eos_frac", "answers that end")]

@@ -34,6 +34,7 @@ def test_pipeline_writes_every_stage(done):
     assert [b["n"] for b in s["best_of_n"]] == [1, 2]
     w = s["win_rates"]["gold"]["rl_vs_sft"]
     assert w["n"] == 4 and w["ci_low"] <= w["win_rate"] <= w["ci_high"]
+    assert w["draws"] == [1, k]                                              # against every SFT answer of a prompt
     rm = s["reward_model"]
     assert rm["n"] == 394 and set(rm["baselines"]) == {"length", "bag_of_words"} and rm["normalisation"]["n"] == 4
     assert s["judge"]["n_eval"] == 394 and 0 <= s["judge"]["accuracy"] <= 1
@@ -131,6 +132,11 @@ def test_every_algo_on_the_same_run_and_the_comparison_table(done, tmp_path):
         assert [c["step"] for c in s["curve"]] == list(range(0, steps + 1))   # SFT, then every checkpoint
         assert (run / algo / "policy" / "config.json").exists()
         assert s["win_rates"]["gold"]["rl_vs_sft"]["n"] == 4
+    first = json.loads((done / "eval" / "stage.json").read_text())["answers"]    # the PPO evaluation sampled them
+    assert all(not a["reused"] and a["seconds"] > 0 for a in first.values())
+    sec = json.loads((run / "summary-dpo.json").read_text())["seconds"]           # DPO's reused them: its cost counts them
+    assert sec["eval"] == pytest.approx(sec["eval_this_run"] + sum(a["seconds"] for a in first.values()))
+    assert sec["eval_uncounted"] == []
     import math
     dpo_rows = read_metrics(run / "dpo" / "metrics.jsonl")       # step 1 starts at the SFT policy = the reference:
     assert abs(dpo_rows[0]["loss"] - math.log(2)) < 1e-5 and abs(dpo_rows[0]["rewards/margins"]) < 1e-6
