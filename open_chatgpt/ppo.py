@@ -438,7 +438,7 @@ def forward_logprobs_values(
     if temperature != 1.0: logits = logits / temperature
     logprobs = logprobs_from_logits(logits, input_ids[:, P:])                      # (batch, r)
     values = values[:, P - 1:-1] if values is not None else None                   # (batch, r)
-    entropy = entropy_from_logits(logits) if with_entropy else None                # (batch, r)
+    entropy = entropy_from_logits(logits.detach()) if with_entropy else None       # (batch, r) a statistic: no graph
     pad = lambda x: x if x is None or r == R else nn.functional.pad(x, (0, R - r))  # (batch, R): 0 past the responses
     return pad(logprobs), pad(values), pad(entropy)
 
@@ -456,15 +456,17 @@ def batched_forward(fn, order: torch.Tensor, size: int) -> list:
 
 @torch.no_grad()
 def old_logprobs_values(model: PolicyAndValue, ref_policy, batch: dict, config: PPOConfig,
-                        order: torch.Tensor) -> tuple[torch.Tensor, ...]:  # each (B, R)
+                        order: torch.Tensor, skip: int = 0) -> tuple[torch.Tensor, ...]:  # each (B, R)
     "Log-probs, values, entropy of the rollout under the acting `model` (rows forwarded in `order`); the reference's log-probs."
-    input_ids, attention_mask, _, P = _sequences(batch)
+    input_ids, attention_mask, mask, P = _sequences(batch)
     model.eval()
     fwd = lambda m, ent: (lambda s: forward_logprobs_values(m, input_ids[s], attention_mask[s], P, config.temperature, ent))
-    unorder = torch.argsort(order)                                               # back to the rollout's row order
-    old_logprobs, old_values, entropy = (x[unorder] for x in batched_forward(fwd(model, True), order, config.mini_batch_size))
+    old = [torch.full(mask.shape, float("nan"), device=mask.device) for _ in range(3)]   # the first `skip` rows: the caller's
+    if skip < len(order):
+        for x, o in zip(old, batched_forward(fwd(model, True), order[skip:], config.mini_batch_size)):
+            x[order[skip:]] = o                                                 # back to the rollout's row order
     ref_logprobs, _, _ = batched_forward(fwd(ref_policy, False), torch.arange(len(order)), config.mini_batch_size)
-    return old_logprobs, old_values, entropy, ref_logprobs
+    return *old, ref_logprobs
 
 # %% ../nbs/06_ppo.ipynb #8a59a031
 @torch.no_grad()
@@ -488,10 +490,11 @@ def kl_per_response(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: to
     return {k: torch.where(m, kl_penalty(lp, rlp, k), zero).sum(1).mean().item() for k in KL_ESTIMATORS}
 
 # %% ../nbs/06_ppo.ipynb #ac41f132
-def ppo_minibatch_loss(model: PolicyAndValue, data: dict, idx: torch.Tensor, config: PPOConfig) -> tuple[torch.Tensor, dict]:
+def ppo_minibatch_loss(model: PolicyAndValue, data: dict, idx: torch.Tensor, config: PPOConfig,
+                       out: Optional[tuple] = None) -> tuple[torch.Tensor, dict]:
     "PPO's loss on the rollouts `idx` of `data`: clipped policy loss + `vf_coef` x clipped value loss; and their stats."
-    d, c = data, config
-    logprobs, values, _ = forward_logprobs_values(model, d["input_ids"][idx], d["attention_mask"][idx], d["P"], c.temperature)
+    d, c = data, config                                 # `out`: this minibatch's log-probs and values, already forwarded
+    logprobs, values, _ = out or forward_logprobs_values(model, d["input_ids"][idx], d["attention_mask"][idx], d["P"], c.temperature)
     pg_loss, pg_stats = ppo_policy_loss(logprobs, d["old_logprobs"][idx], d["advantages"][idx], d["mask"][idx], c.cliprange)
     vf_loss, vf_stats = ppo_value_loss(values, d["old_values"][idx], d["returns"][idx], d["mask"][idx], c.cliprange_value)
     return pg_loss + c.vf_coef * vf_loss, {**pg_stats, **vf_stats}
@@ -517,7 +520,7 @@ def set_checkpointing(model: PolicyAndValue, on: bool) -> None:
 @contextlib.contextmanager
 def checkpointing(model: PolicyAndValue, on: bool):
     "Activation checkpointing in the actor's and critic's transformers while the block runs (nothing if not `on`)."
-    if not on: yield; return
+    if not on or any(is_checkpointing(m) for m in hf_models(model)): yield; return   # off, or an outer block has it on
     ms, keys = hf_models(model), ("_require_grads_hooks", "_require_grads_hook")
     saved = [{k: m.__dict__[k] for k in keys if k in m.__dict__} for m in ms]
     set_checkpointing(model, True)      # transformers 5 also hooks the input embeddings (their outputs require grad)
@@ -532,9 +535,9 @@ def checkpointing(model: PolicyAndValue, on: bool):
 
 # %% ../nbs/06_ppo.ipynb #c2879fcc
 def ppo_update(model: PolicyAndValue, optimizer: torch.optim.Optimizer, data: dict, perms: list[torch.Tensor],
-               config: PPOConfig) -> tuple[list[dict], int, bool]:
+               config: PPOConfig, first_out: Optional[tuple] = None) -> tuple[list[dict], int, bool]:
     "Epochs of clipped updates over minibatches (`perms`: the row order of each epoch); stats per minibatch, steps, early stop."
-    c, B = config, len(perms[0])
+    c, B = config, len(perms[0])                    # first_out: the first minibatch's forward with grad, if done already
     model.train()                                   # dropout is off (disable_dropout): train == eval numerically
     params = [p for p in model.parameters() if p.requires_grad]
     step_stats, n_updates, early_stop = [], 0, False
@@ -544,7 +547,8 @@ def ppo_update(model: PolicyAndValue, optimizer: torch.optim.Optimizer, data: di
             for start in range(0, B, c.backward_batch_size):                    # one optimizer step per backward batch
                 optimizer.zero_grad(set_to_none=True)
                 for mb in range(start, start + c.backward_batch_size, c.mini_batch_size):
-                    loss, stats = ppo_minibatch_loss(model, data, perm[mb:mb + c.mini_batch_size], c)
+                    out, first_out = first_out, None
+                    loss, stats = ppo_minibatch_loss(model, data, perm[mb:mb + c.mini_batch_size], c, out)
                     (loss / c.gradient_accumulation_steps).backward()           # the minibatches' gradients add up
                     step_stats.append(stats)
                 grad_norm = nn.utils.clip_grad_norm_(params, c.max_grad_norm)    # returns the norm before clipping
@@ -584,16 +588,22 @@ def ppo_step(
     input_ids, attention_mask, mask, P = _sequences(batch)
     B = input_ids.shape[0]
     perms = [torch.randperm(B) for _ in range(c.ppo_epochs)]                     # minibatch order of each epoch
+    first = perms[0][:c.mini_batch_size]                                         # the first update's rows
     # ---- 2. evaluate: old log-probs, values, entropy (in the first epoch's order), reference log-probs ----
-    old_logprobs, old_values, entropy, ref_logprobs = old_logprobs_values(model, ref_policy, batch, c, perms[0])
-    # ---- 3-4. rewards (score - beta * KL), GAE, whitened advantages; the KL per response of each estimator ----
-    advantages, returns, non_score_reward = advantages_and_returns(scores, old_logprobs, ref_logprobs, old_values, mask,
-                                                                   kl_ctl.value, c)
-    per_response = kl_per_response(old_logprobs, ref_logprobs, mask)
-    # ---- 5-6. optimise policy and value: epochs x shuffled minibatches ----
-    data = dict(input_ids=input_ids, attention_mask=attention_mask, P=P, mask=mask, old_logprobs=old_logprobs,
-                old_values=old_values, advantages=advantages, returns=returns)
-    step_stats, n_updates, early_stop = ppo_update(model, optimizer, data, perms, c)
+    old_logprobs, old_values, entropy, ref_logprobs = old_logprobs_values(model, ref_policy, batch, c, perms[0],
+                                                                          skip=len(first))
+    with checkpointing(model, c.gradient_checkpointing):
+        model.train()                          # the first minibatch's forward with grad *is* its old forward (dropout off)
+        first_out = forward_logprobs_values(model, input_ids[first], attention_mask[first], P, c.temperature, True)
+        for old, new in zip((old_logprobs, old_values, entropy), first_out): old[first] = new.detach()
+        # ---- 3-4. rewards (score - beta * KL), GAE, whitened advantages; the KL per response of each estimator ----
+        advantages, returns, non_score_reward = advantages_and_returns(scores, old_logprobs, ref_logprobs, old_values,
+                                                                       mask, kl_ctl.value, c)
+        per_response = kl_per_response(old_logprobs, ref_logprobs, mask)
+        # ---- 5-6. optimise policy and value: epochs x shuffled minibatches ----
+        data = dict(input_ids=input_ids, attention_mask=attention_mask, P=P, mask=mask, old_logprobs=old_logprobs,
+                    old_values=old_values, advantages=advantages, returns=returns)
+        step_stats, n_updates, early_stop = ppo_update(model, optimizer, data, perms, c, first_out)
     # ---- 7. statistics; the KL controller sees the KL per response, with the penalty's estimator ----
     mean_kl, kl_coef = per_response[c.kl_estimator], kl_ctl.value
     kl_ctl.update(mean_kl, B)
