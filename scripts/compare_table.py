@@ -5,6 +5,7 @@
 
     for a in ppo dpo grpo rloo; do open-chatgpt pipeline --real --algo $a -o runs/compare --resume; done
     python scripts/compare_table.py runs/compare            # --dry-run prints the Markdown only
+    python scripts/compare_table.py runs/compare --seeds runs/compare-s1 runs/compare-s2   # the spread over seeds
 """
 import argparse, json, sys
 from pathlib import Path
@@ -82,11 +83,46 @@ def render(run: Path, draw: bool = True) -> str:
     return "\n".join(lines)
 
 
+def render_seeds(runs: list) -> str:
+    "Each algorithm over several seeds (one pipeline directory per seed, every --algo run in each): per seed and mean +- sd."
+    import statistics
+    per = [load(r) for r in runs]
+    algos = [a for a in ORDER if all(a in p for p in per)] + sorted({a for p in per for a in p if a not in ORDER})
+    algos = [a for a in algos if all(a in p for p in per)]
+    if not algos: raise SystemExit("no algorithm was run in every one of " + ", ".join(map(str, runs)))
+    ms = lambda xs, f: f"{f.format(statistics.mean(xs))} ± {f.format(statistics.stdev(xs)).lstrip('+')}" if len(xs) > 1 else f.format(xs[0])
+    first = next(iter(per[0].values()))
+    lines = [f"Each algorithm with seeds {', '.join(str(next(iter(p.values()))['seed']) for p in per)} (the seed sets the data "
+             "order, the sampling and the heads; SFT model, reward model, gold judge and held-out prompts are shared), "
+             "each seed's algorithms scored against that seed's own sample of SFT answers "
+             f"({', '.join(str(next(iter(p.values()))['win_rates']['gold']['rl_vs_sft'].get('draws', [1, 1])[1]) for p in per)} "
+             f"per prompt), {first['n_eval_prompts']} held-out prompts; measured on {machine()}.", "",
+             "| algorithm | steps | gold win rate vs SFT, per seed (95% CI) | win rate, mean ± sd | gold gain | proxy gain | KL (nats) | answers that end | length |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for a in algos:
+        ss = [p[a] for p in per]
+        w = [s["win_rates"]["gold"]["rl_vs_sft"] for s in ss]
+        d = lambda k: [s["policies"][a][k] - s["policies"]["sft"][k] for s in ss]
+        v = lambda k: [s["policies"][a][k] for s in ss]
+        steps = sorted({s["steps"] for s in ss})
+        lines.append(f"| {a.upper()} | {'/'.join(map(str, steps))} | {'; '.join(ci(x) for x in w)} | "
+                     f"{ms([x['win_rate'] for x in w], '{:.3f}')} | {ms(d('gold'), '{:+.3f}')} | {ms(d('proxy'), '{:+.3f}')} | "
+                     f"{ms(v('kl'), '{:.2f}')} | {ms(v('eos_frac'), '{:.2f}')} | {ms(v('length'), '{:.1f}')} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path)
     ap.add_argument("--dry-run", action="store_true", help="print the table; write neither the README nor the plot")
+    ap.add_argument("--seeds", type=Path, nargs="+", metavar="RUN",
+                    help="the same comparison in other directories with other seeds: a seed table (compare-seeds markers)")
     a = ap.parse_args()
-    table = render(a.run, draw=not a.dry_run)
-    print(table)
-    if not a.dry_run: write_index(table, "compare", "<!-- compare:start -->", "<!-- compare:end -->")
+    if a.seeds:
+        table = render_seeds([a.run, *a.seeds])
+        print(table)
+        if not a.dry_run: write_index(table, "compare-seeds", "<!-- compare-seeds:start -->", "<!-- compare-seeds:end -->")
+    else:
+        table = render(a.run, draw=not a.dry_run)
+        print(table)
+        if not a.dry_run: write_index(table, "compare", "<!-- compare:start -->", "<!-- compare:end -->")

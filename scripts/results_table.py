@@ -104,7 +104,10 @@ def render(run: Path, name: str, copy_image: bool = True) -> str:
         label = dict(rl_vs_sft=f"{algo.upper()} vs SFT", sft_vs_base="SFT vs base", rl_vs_base=f"{algo.upper()} vs base")
         if no_sft: label.update(rl_vs_sft=f"{algo.upper()} vs the start", rl_vs_base=f"{algo.upper()} vs base (other samples)",
                                 sft_vs_base="null check, the base model against itself (two samples; should be near 0.5)")
-        lines += ["", "Gold-judge win rates (ties count 1/2; 95% Wilson interval): " +
+        pooled = any(max(w.get("draws") or [1]) > 1 for w in wr.values())
+        how = ("every answer against every answer of the other policy to the same prompt, ties count 1/2; 95% Wilson "
+               "interval on the effective number of prompts, `pooled_win_rate`" if pooled else "ties count 1/2; 95% Wilson interval")
+        lines += ["", f"Gold-judge win rates ({how}): " +
                   "; ".join(f"**{label[k]} {ci(w)}**" for k, w in wr.items()) + "."]
     if s["best_of_n"]:
         lines += ["", f"| best-of-n from the {'start' if no_sft else 'SFT'} policy (picked by the proxy) | " + " | ".join(f"n={x['n']}" for x in s["best_of_n"]) + " |",

@@ -156,6 +156,19 @@ def test_every_algo_on_the_same_run_and_the_comparison_table(done, tmp_path):
         algo = r.split("|")[1].strip().lower()
         steps_s = sum(x["time/step"] for x in read_metrics(run / algo / "metrics.jsonl"))
         assert r.split("|")[9].strip() == f"{steps_s / 60:.1f} min"
+    other = tmp_path / "seed1"; shutil.copytree(run, other)              # a second seed: each algorithm's spread
+    for f in other.glob("summary-*.json"):
+        s = json.loads(f.read_text()); s["seed"] = 1; s["win_rates"]["gold"]["rl_vs_sft"]["win_rate"] = 0.25
+        f.write_text(json.dumps(s))
+    out = subprocess.run([sys.executable, "scripts/compare_table.py", str(run), "--seeds", str(other), "--dry-run"],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    rows = {l.split("|")[1].strip(): l for l in out.stdout.splitlines() if l.startswith(("| PPO", "| DPO", "| GRPO", "| RLOO"))}
+    assert sorted(rows) == ["DPO", "GRPO", "PPO", "RLOO"] and "seeds 0, 1" in out.stdout
+    for algo, r in rows.items():
+        w0 = json.loads((run / f"summary-{algo.lower()}.json").read_text())["win_rates"]["gold"]["rl_vs_sft"]["win_rate"]
+        mean, sd = (w0 + 0.25) / 2, abs(w0 - 0.25) / 2 ** 0.5
+        assert r.split("|")[4].strip() == f"{mean:.3f} ± {sd:.3f}", r
 
 
 def test_no_sft_starts_rl_from_the_base_model(tmp_path):
