@@ -42,9 +42,11 @@ def pooled_win_rate(a: torch.Tensor, b: torch.Tensor) -> dict:
     x = (d > 0).double() + 0.5 * (d == 0).double()                                  # each comparison: 1, 1/2 or 0
     w = x.mean((1, 2))                                                               # (P,) each prompt's win share
     P, pairs, p = len(w), a.shape[1] * b.shape[1], w.mean().item()
-    v = w.var(unbiased=False).item() / P                                             # variance of p over prompts
+    v = w.var().item() / P if P > 1 else 0.0                                         # variance of p over prompts
     s2 = x.var(unbiased=False).item()                                                # variance of one comparison
-    n_eff = P if pairs == 1 or v == 0 else min(P * pairs, max(P, s2 / v))            # Kish's effective sample size
+    if pairs == 1 or s2 == 0: n_eff = P                                              # one draw each, or all equal
+    elif v == 0: n_eff = P * pairs                                                   # prompts agree: draws all count
+    else: n_eff = min(P * pairs, max(P, s2 / v))                                     # Kish's effective sample size
     lo, hi = wilson_interval(p * n_eff, n_eff)
     return dict(win_rate=p, ci_low=lo, ci_high=hi, n=P, draws=[a.shape[1], b.shape[1]], n_eff=n_eff,
                 wins=int((d > 0).sum()), ties=int((d == 0).sum()), losses=int((d < 0).sum()))

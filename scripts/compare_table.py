@@ -99,15 +99,18 @@ def render_seeds(runs: list) -> str:
              f"per prompt), {first['n_eval_prompts']} held-out prompts; measured on {machine()}.", "",
              "| algorithm | steps | gold win rate vs SFT, per seed (95% CI) | win rate, mean ± sd | gold gain | proxy gain | KL (nats) | answers that end | length |",
              "|---|---|---|---|---|---|---|---|---|"]
+    missing = [f"{r}/summary-{a}.json" for r, p in zip(runs, per) for a in algos if "gold" not in p[a]["win_rates"]]
+    if missing: raise SystemExit(f"no gold judge in {', '.join(missing)}: a seed table compares gold win rates")
     for a in algos:
         ss = [p[a] for p in per]
         w = [s["win_rates"]["gold"]["rl_vs_sft"] for s in ss]
         d = lambda k: [s["policies"][a][k] - s["policies"]["sft"][k] for s in ss]
         v = lambda k: [s["policies"][a][k] for s in ss]
+        ms_ = lambda xs, f: "-" if None in xs else ms(xs, f)
         steps = sorted({s["steps"] for s in ss})
         lines.append(f"| {a.upper()} | {'/'.join(map(str, steps))} | {'; '.join(ci(x) for x in w)} | "
                      f"{ms([x['win_rate'] for x in w], '{:.3f}')} | {ms(d('gold'), '{:+.3f}')} | {ms(d('proxy'), '{:+.3f}')} | "
-                     f"{ms(v('kl'), '{:.2f}')} | {ms(v('eos_frac'), '{:.2f}')} | {ms(v('length'), '{:.1f}')} |")
+                     f"{ms_(v('kl'), '{:.2f}')} | {ms(v('eos_frac'), '{:.2f}')} | {ms(v('length'), '{:.1f}')} |")
     return "\n".join(lines)
 
 
