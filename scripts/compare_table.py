@@ -55,8 +55,11 @@ def render(run: Path, draw: bool = True) -> str:
     runs = load(run)
     any_ = next(iter(runs.values()))
     j = any_.get("judge")
+    draws = max((s["win_rates"].get("gold") or {}).get("rl_vs_sft", {}).get("draws", [1, 1])[1] for s in runs.values())
     lines = [f"Same SFT start, proxy reward model, prompts, sampling and gold judge for every algorithm; "
-             f"{any_['n_eval_prompts']} held-out prompts, seed {any_['seed']}; measured on {machine()}."
+             f"{any_['n_eval_prompts']} held-out prompts, seed {any_['seed']}"
+             + (f", each answer's gold win rate against all {draws} SFT answers to its prompt (`pooled_win_rate`)" if draws > 1 else "")
+             + f"; measured on {machine()}."
              + "".join(f" {a.upper()}:{load_note(s)}" for a, s in runs.items() if s.get("load_avg")) + " "
              + (f"Gold judge held-out accuracy {ci(j)}." if j else ""), "",
              "| algorithm | gold win rate vs SFT (95% CI) | gold score - SFT | proxy score - SFT | KL to SFT (nats) | answers that end | length | steps | training steps | stage wall time | peak RSS (GiB) |",
