@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 
 from .plumbing import (append_metrics, atomic_save, atomic_write_text, context_length, open_run,
                                    read_metrics, rng_state, seed_everything, set_rng_state, write_csv)
-from .ppo import (batched_forward, forward_logprobs_values, make_ppo_models, plot_reward_kl, prompt_batch,
-                              rollout, score)
+from .ppo import (batched_forward, forward_logprobs_values, has_dropout, make_ppo_models, plot_reward_kl,
+                              prompt_batch, rollout, score)
 from .ppo_core import MAX_LOG_RATIO, _as_mask, _check_same_shape, _require_tokens, kl_penalty, masked_mean
 
 # %% ../nbs/09_grpo.ipynb #80c315d9
@@ -220,18 +220,22 @@ def group_advantages(rewards: torch.Tensor, config: GRPOConfig) -> torch.Tensor:
     if config.advantage == "rloo": return rloo_advantages(rewards, config.num_generations)
     return grpo_advantages(rewards, config.num_generations, config.scale_rewards)
 
-def _ordered_logprobs(model, input_ids, attention_mask, P, c, order, with_entropy=False):
+def _ordered_logprobs(model, input_ids, attention_mask, P, c, order, with_entropy=False, skip=0):
     "Log-probs (and entropy) without grad, computed in minibatches in `order`, returned in the batch's own order."
     fwd = lambda s: forward_logprobs_values(model, input_ids[s], attention_mask[s], P, c.temperature, with_entropy)
-    logprobs, _, entropy = batched_forward(fwd, order, c.mini_batch_size)
-    unorder = torch.argsort(order)
-    return logprobs[unorder], (entropy[unorder] if entropy is not None else None)
+    out = [torch.full((len(order), input_ids.shape[1] - P), float("nan"), device=input_ids.device) for _ in range(2)]
+    if skip < len(order):                                    # the first `skip` rows of `order` stay NaN: the caller's
+        logprobs, _, entropy = batched_forward(fwd, order[skip:], c.mini_batch_size)
+        out[0][order[skip:]] = logprobs
+        if entropy is not None: out[1][order[skip:]] = entropy
+    return out[0], (out[1] if with_entropy else None)
 
 # %% ../nbs/09_grpo.ipynb #9b8b8fe2
 def _minibatch_update(policy, optimizer, params, input_ids, attention_mask, P, idx, old_logprobs, advantages, mask,
-                      ref_logprobs, c) -> dict:
+                      ref_logprobs, c, logprobs=None) -> dict:
     "One clipped update of `policy` on the completions `idx`: forward, `grpo_loss`, backward, clip, step; its stats."
-    logprobs, _, _ = forward_logprobs_values(policy, input_ids[idx], attention_mask[idx], P, c.temperature)
+    if logprobs is None:                             # else: this minibatch's forward with grad, done by the caller
+        logprobs, _, _ = forward_logprobs_values(policy, input_ids[idx], attention_mask[idx], P, c.temperature)
     loss, _, st = grpo_loss(logprobs, old_logprobs[idx], advantages[idx], mask[idx], ref_logprobs[idx],
                             c.beta, c.epsilon, c.loss_type, c.max_new_tokens, c.use_bias_correction_kl)
     optimizer.zero_grad(set_to_none=True)
@@ -258,20 +262,27 @@ def grpo_step(
     perms = [torch.randperm(B) for _ in range(c.num_iterations)]
 
     # ---- old and reference log-probs (no grad); old ones in the first pass's order: ratio exactly 1 at first ----
+    first = perms[0][:c.mini_batch_size] if not has_dropout(policy) else perms[0][:0]   # forwarded once, below
     policy.eval()
     with torch.no_grad():
-        old_logprobs, entropy = _ordered_logprobs(policy, input_ids, attention_mask, P, c, perms[0], with_entropy=True)
+        old_logprobs, entropy = _ordered_logprobs(policy, input_ids, attention_mask, P, c, perms[0], True, len(first))
         ref_logprobs, _ = _ordered_logprobs(ref_policy, input_ids, attention_mask, P, c, torch.arange(B))
 
     # ---- optimise: num_iterations passes over shuffled minibatches, one optimizer step each ----
     policy.train()                                   # dropout is off (disable_dropout): train == eval numerically
+    first_lp = None
+    if len(first):                                   # the first minibatch's forward with grad *is* its old forward
+        first_lp, _, first_entropy = forward_logprobs_values(policy, input_ids[first], attention_mask[first], P,
+                                                             c.temperature, True)
+        old_logprobs[first], entropy[first] = first_lp.detach(), first_entropy
     params = [p for p in policy.parameters() if p.requires_grad]
     step_stats = []
     for perm in perms:
         for start in range(0, B, c.mini_batch_size):
             idx = perm[start:start + c.mini_batch_size]
+            lp, first_lp = first_lp, None
             step_stats.append(_minibatch_update(policy, optimizer, params, input_ids, attention_mask, P, idx,
-                                                old_logprobs, advantages, mask, ref_logprobs, c))
+                                                old_logprobs, advantages, mask, ref_logprobs, c, lp))
     optimizer.zero_grad(set_to_none=True)
     policy.eval()
     return _step_stats(step_stats, rewards, advantages, old_logprobs, ref_logprobs, entropy, mask, c)
