@@ -223,12 +223,13 @@ def group_advantages(rewards: torch.Tensor, config: GRPOConfig) -> torch.Tensor:
 def _ordered_logprobs(model, input_ids, attention_mask, P, c, order, with_entropy=False, skip=0):
     "Log-probs (and entropy) without grad, computed in minibatches in `order`, returned in the batch's own order."
     fwd = lambda s: forward_logprobs_values(model, input_ids[s], attention_mask[s], P, c.temperature, with_entropy)
-    out = [torch.full((len(order), input_ids.shape[1] - P), float("nan"), device=input_ids.device) for _ in range(2)]
-    if skip < len(order):                                    # the first `skip` rows of `order` stay NaN: the caller's
-        logprobs, _, entropy = batched_forward(fwd, order[skip:], c.mini_batch_size)
-        out[0][order[skip:]] = logprobs
-        if entropy is not None: out[1][order[skip:]] = entropy
-    return out[0], (out[1] if with_entropy else None)
+    nan = lambda: torch.full((input_ids.shape[0], input_ids.shape[1] - P), float("nan"), device=input_ids.device)
+    logprobs, entropy = nan(), (nan() if with_entropy else None)   # the first `skip` rows of `order` stay NaN: the caller's
+    if skip < len(order):
+        lp, _, ent = batched_forward(fwd, order[skip:], c.mini_batch_size)
+        logprobs[order[skip:]] = lp
+        if with_entropy: entropy[order[skip:]] = ent
+    return logprobs, entropy
 
 # %% ../nbs/09_grpo.ipynb #9b8b8fe2
 def _minibatch_update(policy, optimizer, params, input_ids, attention_mask, P, idx, old_logprobs, advantages, mask,
@@ -281,6 +282,7 @@ def grpo_step(
         for start in range(0, B, c.mini_batch_size):
             idx = perm[start:start + c.mini_batch_size]
             lp, first_lp = first_lp, None
+            if lp is not None: assert torch.equal(idx, first), "the reused forward must be the first minibatch's"
             step_stats.append(_minibatch_update(policy, optimizer, params, input_ids, attention_mask, P, idx,
                                                 old_logprobs, advantages, mask, ref_logprobs, c, lp))
     optimizer.zero_grad(set_to_none=True)
@@ -302,7 +304,7 @@ def _step_stats(step_stats, rewards, advantages, old_logprobs, ref_logprobs, ent
         "losses/policy_loss": mean("loss/policy"),
         "policy/clipfrac": mean("policy/clipfrac"),
         "policy/approxkl": mean("policy/approxkl"),
-        "policy/first_ratio_min": float(step_stats[0]["policy/ratio_min"]),  # exactly 1: the first update is on-policy
+        "policy/first_ratio_min": float(step_stats[0]["policy/ratio_min"]),  # 1 by construction (old = its own forward)
         "policy/first_ratio_max": float(step_stats[0]["policy/ratio_max"]),
         "policy/ratio_max": max(float(s["policy/ratio_max"]) for s in step_stats),
         "grpo/grad_norm": mean("grad_norm"),
