@@ -147,7 +147,7 @@ class Critic(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:  # (batch, seq)
         h = self.backbone(**model_inputs(self.backbone, input_ids, attention_mask)).last_hidden_state  # (batch, seq, hidden)
-        return self.v_head(h).squeeze(-1).float()
+        return self.v_head(h.to(self.v_head.weight.dtype)).squeeze(-1).float()    # an fp32 head on a bf16 model too
 
     @classmethod
     def from_causal_lm(cls, model) -> "Critic":
@@ -185,7 +185,8 @@ class PolicyAndValue(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kw):
         "Logits (batch, seq, vocab) of the actor and values (batch, seq) of the critic; `kw` go to the actor (logits_to_keep)."
         out = self.policy(**model_inputs(self.policy, input_ids, attention_mask), output_hidden_states=self.shared, **kw)
-        values = self.v_head(out.hidden_states[-1]).squeeze(-1) if self.shared else self.critic(input_ids, attention_mask)
+        h = out.hidden_states[-1].to(self.v_head.weight.dtype) if self.shared else None   # the head stays fp32
+        values = self.v_head(h).squeeze(-1) if self.shared else self.critic(input_ids, attention_mask)
         return out.logits, values.float()
 
 # %% ../nbs/06_ppo.ipynb #4ec446bc
