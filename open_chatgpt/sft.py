@@ -568,13 +568,13 @@ def sft_training_args(config: SFTConfig, n_examples: int, has_eval: bool = True)
 
 # %% ../nbs/03_sft.ipynb #37bd9d36
 def train_sft_trainer(model, tokenizer, train_ds, eval_ds, config: SFTConfig,
-                      resume_from_checkpoint: Union[str, bool, None] = None):
+                      resume_from_checkpoint: Union[str, bool, None] = None, callbacks: Optional[list] = None):
     "Supervised fine-tuning with 🤗 `Trainer` (DeepSpeed, multi-GPU, mixed precision); returns the trained `Trainer`."
     from transformers import Trainer
     check_causal_lm(model)
     train_ds, eval_ds = sft_datasets(train_ds, eval_ds, tokenizer, config)
     args = sft_training_args(config, len(train_ds), has_eval=eval_ds is not None)
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, callbacks=callbacks,
                       data_collator=SFTCollator(prepare_tokenizer(tokenizer), config.max_length), processing_class=tokenizer)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     return trainer

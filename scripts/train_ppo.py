@@ -118,6 +118,7 @@ def main(argv=None):
         print(f"[ppo] {model_config}: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in n_params.items()) +
               f"; {world} process(es) on {device.type}, ZeRO-{stage}, {c.total_steps} steps x {B} rollouts x {world}")
 
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)   # phase times cover the GPU's work
     history, t_start, t_rollout, t_update, tokens = [], time.perf_counter(), 0.0, 0.0, 0
     for step in range(1, c.total_steps + 1):
         # ---- rollout: full weights gathered once under ZeRO-3 ----
@@ -127,7 +128,7 @@ def main(argv=None):
             batch = rollout_on(m.policy, tok, prompt_batch(prompts, step, B, c.seed + rank), c, device)
         raw, scores = score(reward_fn, batch, c)
         scores = scores.to(device)
-        t1 = time.perf_counter()
+        sync(); t1 = time.perf_counter()
         input_ids = torch.cat([batch["query"], batch["response"]], 1)                # (B, P + R)
         attention_mask = torch.cat([batch["query_mask"], batch["response_mask"]], 1)
         mask, P = batch["response_mask"], batch["query"].shape[1]                    # (B, R)
@@ -154,7 +155,7 @@ def main(argv=None):
                 engine.backward(pg_loss + c.vf_coef * vf_loss)
                 engine.step()
                 stats.append({**pg_stats, **vf_stats})
-        t2 = time.perf_counter()
+        sync(); t2 = time.perf_counter()
         t_rollout, t_update, tokens = t_rollout + t1 - t0, t_update + t2 - t1, tokens + int(attention_mask.sum())
         mean = lambda k: float(torch.stack([s[k] for s in stats]).float().mean())
         row = {"step": step, "env/reward_mean": float(raw.mean()),
@@ -170,6 +171,10 @@ def main(argv=None):
                    world_size=world, device=device.type, precision="bf16" if args.bf16 else "fp32", steps=len(history),
                    batch_size_per_process=B, seconds=seconds, samples_per_second=len(history) * B * world / seconds,
                    tokens_per_second=tokens * world / seconds, rollout_seconds=t_rollout, update_seconds=t_update,
+                   # steady state: steps 2..N (the first pays for the allocator and kernel selection)
+                   steady_samples_per_second=(len(history) - 1) * B * world / sum(r["time/rollout"] + r["time/update"]
+                                                                                  for r in history[1:])
+                   if len(history) > 1 else None,
                    peak_memory_gb=peak_memory_gb(device), history=history)
     if rank == 0:
         out = Path(args.output_dir or tempfile.mkdtemp(prefix="train-ppo-")); out.mkdir(parents=True, exist_ok=True)

@@ -98,14 +98,18 @@ def main(argv=None):
             engine.backward(loss)
             engine.step()
             step, tokens = step + 1, tokens + int(am.sum())
-            losses.append(loss.item()); accs.append((chosen > rejected).float().mean().item())
+            losses.append(loss.item()); accs.append((chosen > rejected).float().mean().item())   # .item() syncs
+            if step == 1: t1, tokens1 = time.perf_counter(), tokens   # the first step: allocator, kernel selection
             if step >= args.max_steps: break
     seconds = time.perf_counter() - t0
+    steady = (step - 1) * batch_size * world / (t0 + seconds - t1) if step > 1 else None
     metrics = dict(script="train_reward", path="deepspeed.initialize", deepspeed=str(args.deepspeed),
                    zero_stage=engine.zero_optimization_stage(), model_config=model_config, n_params=n_params,
                    world_size=world, device=device.type, precision="bf16" if args.bf16 else "fp32", steps=step,
                    batch_size_per_process=batch_size, seconds=seconds,
                    samples_per_second=step * batch_size * world / seconds, tokens_per_second=tokens * world / seconds,
+                   steady_samples_per_second=steady,
+                   steady_tokens_per_second=(tokens - tokens1) * world / (t0 + seconds - t1) if step > 1 else None,
                    peak_memory_gb=peak_memory_gb(device), first_loss=losses[0], last_loss=losses[-1],
                    mean_accuracy=sum(accs) / len(accs))
     if rank == 0:

@@ -36,6 +36,17 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def step_clock():
+    "A TrainerCallback that records the time at the end of each optimizer step (after the GPU's queue drains)."
+    from transformers import TrainerCallback
+    class StepClock(TrainerCallback):
+        times: list = []
+        def on_step_end(self, args, state, control, **kw):
+            if torch.cuda.is_available(): torch.cuda.synchronize()
+            self.times.append(time.perf_counter())
+    return StepClock()
+
+
 def main(argv=None):
     args = parse_args(argv)
     from open_chatgpt.data import SFTCollator, get_tokenizer, sample_sft
@@ -74,7 +85,8 @@ def main(argv=None):
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # 'dropped demonstrations that do not fit' on tiny max_length
-        trainer = train_sft_trainer(model, tok, train_ds, None, config)
+        clock = step_clock()
+        trainer = train_sft_trainer(model, tok, train_ds, None, config, callbacks=[clock])
     seconds = time.perf_counter() - t0
     engine = getattr(trainer, "deepspeed", None)  # the DeepSpeed engine the Trainer built (None: DeepSpeed was not used)
     if engine is None: raise RuntimeError("the Trainer did not use DeepSpeed; check --deepspeed")
@@ -87,6 +99,9 @@ def main(argv=None):
                    precision="bf16" if args.bf16 else "fp32", steps=trainer.state.global_step,
                    batch_size_per_process=batch_size, seconds=seconds, samples_per_second=samples / seconds,
                    tokens_per_second=samples * float(lengths.float().mean()) / seconds,
+                   # steady state: steps 2..N, without the set-up and the first step (allocator, kernel selection)
+                   steady_samples_per_second=(len(clock.times) - 1) * samples / len(clock.times)
+                   / (clock.times[-1] - clock.times[0]) if len(clock.times) > 1 else None,
                    peak_memory_gb=peak_memory_gb(dist["device"]), first_loss=losses[0] if losses else None,
                    last_loss=losses[-1] if losses else None)
     if args.save: trainer.save_model(str(out / "model"))
