@@ -201,11 +201,11 @@ def _disable_dropout(model):
     return model
 
 def _our_rm_config(B: int, L: int, N: int, lr: float):
-    "Our RewardConfig for N steps of B pairs, max_length L: constant lr, no warm-up, no weight decay, clip 1.0, CPU."
+    "Our RewardConfig for N steps of B pairs, max_length L: constant lr, no warm-up, no weight decay, clip 1.0, on DEVICE."
     from open_chatgpt import reward as R
     fields = set(getattr(R.RewardConfig, "__dataclass_fields__", {}))
     kw = dict(batch_size=B, learning_rate=lr, max_length=L, max_steps=N, epochs=1, seed=0, eval_every=0, log_every=N,
-              warmup=0, weight_decay=0.0, max_grad_norm=1.0, output_dir=None, grad_accum=1, bf16=False, device="cpu")
+              warmup=0, weight_decay=0.0, max_grad_norm=1.0, output_dir=None, grad_accum=1, bf16=False, device=DEVICE)
     return R.RewardConfig(**{k: v for k, v in kw.items() if k in fields})
 
 def _trl_rm_args(B: int, L: int, N: int, lr: float):
@@ -215,7 +215,7 @@ def _trl_rm_args(B: int, L: int, N: int, lr: float):
                             per_device_train_batch_size=B, learning_rate=lr, max_steps=N, num_train_epochs=1,
                             warmup_ratio=0.0, weight_decay=0.0, max_grad_norm=1.0, lr_scheduler_type="constant",
                             logging_steps=N, save_strategy="no", eval_strategy="no", remove_unused_columns=False,
-                            use_cpu=True, disable_tqdm=True, seed=0, dataloader_num_workers=0)
+                            use_cpu=DEVICE == "cpu", disable_tqdm=True, seed=0, dataloader_num_workers=0)
 
 def bench_reward(tok, policy, pairs, a, results, timing: bool = True):
     import torch
@@ -625,10 +625,28 @@ def ppo_update_flops(n_frozen: int, n_trainable: int, n_tokens: int, epochs: int
     return dict(old_ref=forward_flops(n_frozen + n_trainable, n_tokens) + forward_flops(n_frozen, n_tokens),
                 train=epochs * lora_train_flops(n_frozen, n_trainable, n_tokens))
 
+DEVICE = "cpu"   # real mode: where the workers put the models (--device); on a GPU clock() waits for its queue first
+
 def clock() -> tuple:
     "(wall seconds, CPU seconds of this process). With one torch thread the CPU time counts the work done and not the "
-    "time spent waiting for a core, so it is the steadier measure on a machine shared with other jobs."
+    "time spent waiting for a core, so it is the steadier measure on a machine shared with other jobs. On a GPU "
+    "(`DEVICE` cuda) the queued kernels finish first, so the wall time covers the device's work."
+    if DEVICE != "cpu":
+        import torch
+        torch.cuda.synchronize()
     return time.perf_counter(), time.process_time()
+
+def gpu_matmul_peak(dtype_name: str = "float32", n: int = 8192, iters: int = 20) -> float:
+    "Measured matmul throughput of this process's GPU in FLOP/s (n x n @ n x n in `dtype_name`, timed with CUDA events)."
+    import torch
+    dt = getattr(torch, dtype_name)
+    a, b = torch.randn(n, n, device=DEVICE, dtype=dt), torch.randn(n, n, device=DEVICE, dtype=dt)
+    for _ in range(3): a @ b   # warm-up
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters): a @ b
+    end.record(); torch.cuda.synchronize()
+    return 2.0 * n ** 3 * iters / (start.elapsed_time(end) / 1e3)
 
 class CallTimer:
     """Wrap `owner.name` (a module function or an instance's method) so that each call's wall and CPU time are added
@@ -683,11 +701,21 @@ def _measure(step, warmup) -> dict:
     st = _proc_status()
     setup = dict(rss_setup=_rss(), rss_setup_anon=st.get("RssAnon", 0), rss_setup_file=st.get("RssFile", 0))
     warmup()
-    peak = dict(peak_flops=matmul_peak(seconds=0.6), peak_flops_cpu=matmul_peak(seconds=0.6, clock=time.process_time))
+    if DEVICE == "cpu":
+        peak = dict(peak_flops=matmul_peak(seconds=0.6), peak_flops_cpu=matmul_peak(seconds=0.6, clock=time.process_time))
+    else:   # GPU: the fp32 peak (what the fp32 models use; TF32 off, torch's default) and bf16's for reference
+        import torch
+        peak = dict(peak_flops=gpu_matmul_peak("float32"), peak_flops_bf16=gpu_matmul_peak("bfloat16"))
+        torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
+        setup["gpu_setup_allocated"] = torch.cuda.memory_allocated()
     load0 = os.getloadavg()[0]
     with PeakRSS() as m: out = step()
     out.update(setup, **peak, rss_start=m.base, peak_above_start=m.peak, peak_rss=m.base + m.peak, vmhwm=_vmhwm(),
                load_step=(load0, os.getloadavg()[0]))
+    if DEVICE != "cpu":
+        import torch
+        out.update(gpu_peak_allocated=torch.cuda.max_memory_allocated(), gpu_peak_reserved=torch.cuda.max_memory_reserved(),
+                   gpu_name=torch.cuda.get_device_name())
     return out
 
 WARMUP_PROMPT, WARMUP_NEW = 16, 4   # the warm-up step: prompts cut to 16 tokens, 4 new tokens (same batch size)
@@ -708,7 +736,7 @@ def _ours_real_models(path, tok):
     policy = load_policy(path, tokenizer=tok, lora=REAL_LORA)
     ours, ref = make_ppo_models(policy, tok, shared_backbone=True)   # deep-copies the policy: drop the original
     del policy; _trim()
-    return ours, ref
+    return ours.to(DEVICE), ref     # ref: the same module with its adapters off (moves with `ours`)
 
 def _proposal_ctx(a, name: str = ""):
     "A patch of bench/profile_real.py (`proposed`: the library changes proposed there) for the `ppo-ours+` worker."
@@ -873,6 +901,8 @@ def run_worker(name: str, argv: list) -> dict:
 
 def worker_main(a):
     import json
+    global DEVICE
+    DEVICE = a.device
     name = a.real_worker
     res = real_ppo_ours(a, name.split("+", 1)[1]) if name.startswith("ppo-ours+") else REAL_WORKERS[name](a)
     Path(a.worker_out).write_text(json.dumps(res))
@@ -883,6 +913,9 @@ def worker_main(a):
 
 def real_main(a, argv, info):
     "The real-model benchmark: matmul peak, agreement, reward-model steps, PPO steps (workers alternating)."
+    global DEVICE
+    DEVICE = a.device
+    if DEVICE != "cpu": return real_main_gpu(a, argv, info)
     results = {"agreement": {}}
     t_start = time.perf_counter()
     loads = [os.getloadavg()[0]]
@@ -913,6 +946,81 @@ def real_main(a, argv, info):
         Path(a.out).write_text(text)
         log(f"wrote {a.out}")
     return results
+
+def real_main_gpu(a, argv, info):
+    "The real-model benchmark on a GPU: reward-model and PPO steps, ours and TRL alternating, each in a fresh process."
+    import torch
+    info["gpu"] = torch.cuda.get_device_name()
+    results, t_start = {}, time.perf_counter()
+    for phase in ("reward", "ppo"):
+        if phase not in a.only: continue
+        log(f"{phase} on {info['gpu']}: {a.repeats} repeat(s) of ours, trl, alternating, each in a fresh process ...")
+        res = {"ours": [], "trl": []}
+        for r in range(a.repeats):
+            for lib in (("ours", "trl") if r % 2 == 0 else ("trl", "ours")):
+                res[lib].append(run_worker(f"{phase}-{lib}", list(argv)))
+        results[phase] = res
+    results["wall"] = time.perf_counter() - t_start
+    text = report_real_gpu(results, a, info)
+    log("\n" + text)
+    if a.out:
+        Path(a.out).write_text(text); log(f"wrote {a.out}")
+    return results
+
+def report_real_gpu(results, a, info) -> str:
+    "The Markdown report of a GPU real-mode run: wall time (the GPU's queue drained at every mark), peak GPU memory, MFU."
+    med = lambda runs, k: median([r[k] for r in runs])
+    ratio = lambda o, t: f"{o / t:.2f}" if t else "n/a"
+    GiB_ = 2 ** 30
+    lines = ["# Benchmark, real models on a GPU: open-chatgpt vs TRL", "",
+             f"Device: **{info['gpu']}**; host {info['cpu']}, {info['cores']} cores; Python {info['python']}, torch "
+             f"{info.get('torch')}, transformers {info.get('transformers')}, TRL {info.get('trl')}, peft {info.get('peft')}.",
+             f"Command: `{' '.join(['python bench/run.py'] + list(a.argv))}`; median of {a.repeats} repeat(s), each in a "
+             "fresh process (a short warm-up step, then the timed one), the libraries alternating. fp32 weights in both "
+             "(torch's default: TF32 off); every phase mark waits for the GPU (`torch.cuda.synchronize`)."
+             + (" **Random weights** (no weights could be downloaded on the GPU machine: bench/gpu.py "
+                "--random-init built both models from their configs), so no response ends early: every one runs to the "
+                "token limit, in both libraries." if os.environ.get("BENCH_RANDOM_WEIGHTS") else ""), ""]
+    if "ppo" in results:
+        o, t = results["ppo"]["ours"], results["ppo"]["trl"]
+        B = a.ppo_batch_size
+        lines += [f"## PPO step: {REAL_POLICY} + LoRA (r={REAL_LORA['r']}), shared-backbone value head", "",
+                  f"Batch {B}, minibatch {a.ppo_mini_batch_size}, {a.ppo_epochs} epoch(s), {a.max_new_tokens} new "
+                  f"tokens, prompts cut to {a.max_prompt_length} tokens; as in the CPU table.", ""]
+        rows = []
+        for k, name in (("total", "**PPO step (s)**"), ("generation", "generation"), ("scoring", "scoring"),
+                        ("logprobs", "old + ref log-probs, values (no grad)"), ("update", "update (the rest)")):
+            wo, wt = med(o, k), med(t, k)
+            rows.append([name, f"{wo:.3f}", f"{wt:.3f}", ratio(wo, wt)])
+        resp = [med(r, "response_tokens") for r in (o, t)]
+        rows.append(["response tokens in the batch", *[f"{x:.0f}" for x in resp], ""])
+        rows.append(["generation: new tokens per s", *[f"{x / med(r, 'generation'):.0f}" for x, r in zip(resp, (o, t))],
+                     ratio(resp[1] / med(t, "generation"), resp[0] / med(o, "generation")) + " (TRL/ours)"])
+        pa = [max(x["gpu_peak_allocated"] for x in r) / GiB_ for r in (o, t)]
+        rows.append(["**peak GPU memory allocated during the step (GiB)**", f"{pa[0]:.2f}", f"{pa[1]:.2f}", ratio(*pa)])
+        rr = [max(x["gpu_peak_reserved"] for x in r) / GiB_ for r in (o, t)]
+        rows.append(["peak GPU memory reserved by the allocator (GiB)", f"{rr[0]:.2f}", f"{rr[1]:.2f}", ratio(*rr)])
+        F, L = o[0]["frozen"], o[0]["trainable"]
+        T = [med(r, "prompt_tokens") + med(r, "response_tokens") for r in (o, t)]
+        mfu = [median([ppo_update_flops(F, L, TT, a.ppo_epochs)["train"] / x["update"] / x["peak_flops"] for x in r])
+               for TT, r in zip(T, (o, t))]
+        rows.append(["update MFU vs the measured fp32 matmul peak", *[f"{100 * m:.1f}%" for m in mfu], ""])
+        lines += [markdown_table(["", "open-chatgpt", "TRL", "ours / TRL"], rows), "",
+                  f"Measured matmul peak of the GPU (8192^3, median over the workers): fp32 "
+                  f"{median([x['peak_flops'] for x in o + t]) / 1e12:.1f} TFLOP/s, bf16 "
+                  f"{median([x['peak_flops_bf16'] for x in o + t]) / 1e12:.0f} TFLOP/s. MFU counts (4F + 6L) FLOPs per "
+                  "real token of the update (as in the CPU table) over its wall time.", ""]
+    if "reward" in results:
+        o, t = results["reward"]["ours"], results["reward"]["trl"]
+        N = o[0]["steps"]
+        wo, wt = med(o, "total") / N, med(t, "total") / N
+        pa = [max(x["gpu_peak_allocated"] for x in r) / GiB_ for r in (o, t)]
+        lines += [f"## Reward-model step: {REAL_RM}, {N} steps of {a.rm_batch_size} pairs, max_length {a.rm_max_length}", "",
+                  markdown_table(["", "open-chatgpt", "TRL", "ours / TRL"],
+                                 [["**step (s, set-up included, as in the CPU table)**", f"{wo:.3f}", f"{wt:.3f}", ratio(wo, wt)],
+                                  ["peak GPU memory allocated (GiB)", f"{pa[0]:.2f}", f"{pa[1]:.2f}", ratio(*pa)]]), ""]
+    lines += [f"Total wall time: {results['wall']:.0f} s.", ""]
+    return "\n".join(lines)
 
 def report_real(results, a, info) -> str:
     "The Markdown report of a real-mode run: CPU time first (steady on a shared machine), wall time beside it."
@@ -1114,6 +1222,7 @@ def parse_args(argv=None):
     p.add_argument("--proposal", nargs="?", const="proposed", default="",
                    help="--real: also time our PPO step with patches of bench/profile_real.py applied, a comma list "
                         "(default `proposed`: the proposed library changes; `proposed_ckpt` adds activation checkpointing)")
+    p.add_argument("--device", default="cpu", help="--real: cpu (default) or cuda (a GPU: wall times, peak GPU memory)")
     p.add_argument("--real-worker", default=None, help=argparse.SUPPRESS)   # internal: one real-mode measurement
     p.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)

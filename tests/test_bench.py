@@ -167,6 +167,55 @@ def test_report_real_goals():
     assert "| PPO step <= 0.8x TRL's time (CPU) | 0.90x | **no** |" in text
 
 
+def test_report_real_gpu():
+    "The GPU report: wall-time medians and ratios, peak GPU memory (max over repeats), MFU against the fp32 peak."
+    b = _load()
+    a = b.parse_args(["--real", "--device", "cuda"])
+    assert a.device == "cuda" and b.parse_args(["--real"]).device == "cpu"
+    gpu = lambda r, mem: {**r, "gpu_peak_allocated": mem * 2 ** 30, "gpu_peak_reserved": 1.5 * mem * 2 ** 30,
+                          "peak_flops": 50e12, "peak_flops_bf16": 800e12}
+    ours = [gpu(_fake_ppo_run(0.1, 1), 1.0), gpu(_fake_ppo_run(0.05, 1), 1.2), gpu(_fake_ppo_run(0.2, 1), 0.9)]
+    trl = [gpu(_fake_ppo_run(0.2, 1), 2.0)] * 3
+    rm = lambda t, mem: dict(total=t, steps=2, gpu_peak_allocated=mem * 2 ** 30)
+    info = dict(cpu="host", cores=16, python="3.12", load=(0.5,) * 3, gpu="Test GPU")
+    text = b.report_real_gpu({"ppo": {"ours": ours, "trl": trl}, "reward": {"ours": [rm(1.0, 1)] * 3,
+                              "trl": [rm(4.0, 1)] * 3}, "wall": 9.0}, a, info)
+    assert "Device: **Test GPU**" in text
+    assert "| **PPO step (s)** | 1.800 | 3.600 | 0.50 |" in text          # medians: 18 x 0.1 vs 18 x 0.2
+    assert "| **peak GPU memory allocated during the step (GiB)** | 1.20 | 2.00 | 0.60 |" in text   # max over repeats
+    # update FLOPs (4F + 6L) x 800 tokens = 3.248e11 over the median update wall time 1.2 s, against 50 TFLOP/s: 0.5%
+    assert "| update MFU vs the measured fp32 matmul peak | 0.5% | 0.3% |  |" in text
+    assert "| **step (s, set-up included, as in the CPU table)** | 0.500 | 2.000 | 0.25 |" in text
+
+
+def test_gpu_driver_table_and_render(tmp_path):
+    "bench/gpu.py: the DeepSpeed table (steady throughput, tokens per sample as counted, the estimate, a failed run) "
+    "and --render, which merges the calls of one device in a fixed order and refuses to mix devices."
+    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "bench" / "gpu.py")
+    g = importlib.util.module_from_spec(spec); spec.loader.exec_module(g)
+    m = dict(script="train_sft", model_config="opt-1.3b", deepspeed="zero2", zero_stage=2, n_params=1_218_000_000,
+             steps=15, batch_size_per_process=16, samples_per_second=50.0, tokens_per_second=5000.0,
+             steady_samples_per_second=80.0, peak_memory_gb=26.9, wall=35.0)
+    m["estimate_gb"] = g.estimate_gb(m, 2)
+    assert abs(m["estimate_gb"] - 16 * 1.218) < 1e-9                 # (2 + 2 + 12) bytes per parameter, one GPU
+    ppo = dict(m, script="train_ppo", model_config="opt-125m", n_params=dict(actor=1e8, critic=1e8, reference=1e8, reward=1e8))
+    assert abs(g.estimate_gb(ppo, 3) - (16 + 16 + 2 + 2) * 0.1) < 1e-9   # rlhf_memory: two trained, two frozen 16-bit
+    bad = dict(script="train_ppo", model_config="opt-1.3b", deepspeed="zero3", wall=76.0, error="not measured: stopped")
+    text = g.ds_table([m, bad], "Test GPU")
+    assert "| train_sft | opt-1.3b | 1218 | 2 | 15 x 16 | 80.0 | 8,000 | 26.9 | 19.5 | 35 |" in text   # 100 tokens/sample
+    assert "| train_ppo | opt-1.3b | | zero3 | not measured: stopped |" in text
+    import json
+    a, b_ = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(dict(device="Test GPU", runs=[bad])))
+    b_.write_text(json.dumps(dict(device="Test GPU", runs=[m])))
+    g.render([str(a), str(b_)], tmp_path / "merged")
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    assert [r["script"] for r in merged["runs"]] == ["train_sft", "train_ppo"]   # SIZES x scripts x stages order
+    assert (tmp_path / "merged.md").read_text().startswith("DeepSpeed scripts on **Test GPU**")
+    b_.write_text(json.dumps(dict(device="Other GPU", runs=[m])))
+    with pytest.raises(SystemExit, match="different devices"): g.render([str(a), str(b_)], tmp_path / "merged")
+
+
 def _real_mode_ready() -> str:
     "Why the real-mode run cannot happen here ('' when it can): bench/.venv with TRL + peft, and the converted models."
     if not BENCH_PY.exists(): return "bench/.venv missing: run `bash bench/setup.sh`"
