@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Per-token overhead of our sampler against HF `generate`, with the arithmetic taken away: SmolLM2's shape (30
 layers, GQA 4/2 heads here, 49152-token vocabulary, LoRA r=16 on q/v/o) at width 64, so that a decoding step costs
-only what Python and the op dispatch cost. On a GPU a 135M model's decoding step is bound by that overhead (kernel
-launches); this measures it on any machine. Run in bench/.venv (transformers 4.45, as the benchmark):
+only what Python and the op dispatch cost. On a CPU that is Python and dispatch alone; with --device cuda it includes
+the kernel launches and device syncs of each loop, which is what a 135M model's decoding step costs on a GPU. Run in bench/.venv (transformers 4.45, as the benchmark):
 
     bench/.venv/bin/python bench/generation_overhead.py [--device cuda] [--out bench/generation-overhead.md]
 """

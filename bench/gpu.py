@@ -73,7 +73,8 @@ def run_ds(script: str, size: str, cfg: str, steps: int, env: dict, port: int, t
     try: p = subprocess.run(cmd, env={**env, "MASTER_PORT": str(port)}, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return dict(script=f"train_{script}", model_config=size, deepspeed=cfg, wall=time.perf_counter() - t0,
-                    error=f"not measured: stopped after {timeout} s, the time left before the call's deadline")
+                    error=f"not measured: stopped after {timeout} s (its timeout: at most 180 s, or the time left "
+                          "before the call's deadline)")
     wall = time.perf_counter() - t0
     if p.returncode: return dict(script=f"train_{script}", model_config=size, deepspeed=cfg, error=p.stderr[-1500:], wall=wall)
     m = json.loads((out / "metrics.json").read_text())
@@ -95,7 +96,8 @@ def ds_table(rows: list, device: str) -> str:
         n = m["n_params"]
         n_m = sum(n.values()) / 1e6 if isinstance(n, dict) else n / 1e6
         sps = m.get("steady_samples_per_second") or m["samples_per_second"]
-        tps = sps * m["tokens_per_second"] / m["samples_per_second"]   # tokens per sample, as the script counted them
+        tps = m.get("steady_tokens_per_second") or sps * m["tokens_per_second"] / m["samples_per_second"]   # else the
+        # run's tokens per sample (as the script counted them) times the steady samples/s
         lines.append(f"| {m['script']} | {m['model_config']} | {n_m:.0f} | {m['zero_stage']} | {m['steps']} x "
                      f"{m['batch_size_per_process']} | {sps:.1f} | {tps:,.0f} | {m['peak_memory_gb']:.1f} | "
                      f"{m['estimate_gb']:.1f} | {m['wall']:.0f} |")

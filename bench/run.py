@@ -903,6 +903,9 @@ def worker_main(a):
     import json
     global DEVICE
     DEVICE = a.device
+    if DEVICE != "cpu":
+        import torch
+        torch.cuda.set_device(torch.device(DEVICE))   # cuda:N: syncs, memory stats and the name read this device
     name = a.real_worker
     res = real_ppo_ours(a, name.split("+", 1)[1]) if name.startswith("ppo-ours+") else REAL_WORKERS[name](a)
     Path(a.worker_out).write_text(json.dumps(res))
@@ -977,7 +980,8 @@ def report_real_gpu(results, a, info) -> str:
              f"{info.get('torch')}, transformers {info.get('transformers')}, TRL {info.get('trl')}, peft {info.get('peft')}.",
              f"Command: `{' '.join(['python bench/run.py'] + list(a.argv))}`; median of {a.repeats} repeat(s), each in a "
              "fresh process (a short warm-up step, then the timed one), the libraries alternating. fp32 weights in both "
-             "(torch's default: TF32 off); every phase mark waits for the GPU (`torch.cuda.synchronize`)."
+             "(torch's default: TF32 off); every phase mark waits for the GPU (`torch.cuda.synchronize`), and so does "
+             "each call of the timed forward functions (both libraries'), which adds a few queue drains to each step."
              + (" **Random weights** (no weights could be downloaded on the GPU machine: bench/gpu.py "
                 "--random-init built both models from their configs), so no response ends early: every one runs to the "
                 "token limit, in both libraries." if os.environ.get("BENCH_RANDOM_WEIGHTS") else ""), ""]
@@ -991,7 +995,7 @@ def report_real_gpu(results, a, info) -> str:
         for k, name in (("total", "**PPO step (s)**"), ("generation", "generation"), ("scoring", "scoring"),
                         ("logprobs", "old + ref log-probs, values (no grad)"), ("update", "update (the rest)")):
             wo, wt = med(o, k), med(t, k)
-            rows.append([name, f"{wo:.3f}", f"{wt:.3f}", ratio(wo, wt)])
+            rows.append([name, f"{wo:.3f}", f"{wt:.3f}", ratio(wo, wt) if wt >= 0.005 else "n/a"])   # ms: noise
         resp = [med(r, "response_tokens") for r in (o, t)]
         rows.append(["response tokens in the batch", *[f"{x:.0f}" for x in resp], ""])
         rows.append(["generation: new tokens per s", *[f"{x / med(r, 'generation'):.0f}" for x, r in zip(resp, (o, t))],
@@ -1237,9 +1241,12 @@ def parse_args(argv=None):
         a.repeats = min(a.repeats, 1); a.gen_batch_size, a.gen_tokens = 2, 8
     for k, v in sizes.items():
         if getattr(a, k) is None: setattr(a, k, v)
-    if a.out is None: a.out = "" if a.quick else str(HERE / ("results-real.md" if a.real else "results.md"))
+    if a.out is None: a.out = "" if a.quick else str(HERE / (("results-real.md" if a.device == "cpu" else "results-real-gpu.md")
+                                                             if a.real else "results.md"))
+    if a.device != "cpu" and not a.real: p.error("--device is for the real mode: add --real")
     a.only = set(a.only.split(",")) if a.only != "all" else {"agreement", "reward", "ppo", "generation"}
     a.proposals = [x for x in a.proposal.split(",") if x]
+    if a.device != "cpu" and a.proposals: p.error("--proposal is not measured on a GPU (the CPU report only)")
     if a.real: a.only -= {"generation"}   # the tiny mode's KV-cache comparison; real mode times generation in PPO
     return a
 

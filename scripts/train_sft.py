@@ -40,7 +40,7 @@ def step_clock():
     "A TrainerCallback that records the time at the end of each optimizer step (after the GPU's queue drains)."
     from transformers import TrainerCallback
     class StepClock(TrainerCallback):
-        times: list = []
+        def __init__(self): self.times = []
         def on_step_end(self, args, state, control, **kw):
             if torch.cuda.is_available(): torch.cuda.synchronize()
             self.times.append(time.perf_counter())
@@ -100,7 +100,7 @@ def main(argv=None):
                    batch_size_per_process=batch_size, seconds=seconds, samples_per_second=samples / seconds,
                    tokens_per_second=samples * float(lengths.float().mean()) / seconds,
                    # steady state: steps 2..N, without the set-up and the first step (allocator, kernel selection)
-                   steady_samples_per_second=(len(clock.times) - 1) * samples / len(clock.times)
+                   steady_samples_per_second=(len(clock.times) - 1) * batch_size * args.grad_accum * world
                    / (clock.times[-1] - clock.times[0]) if len(clock.times) > 1 else None,
                    peak_memory_gb=peak_memory_gb(dist["device"]), first_loss=losses[0] if losses else None,
                    last_loss=losses[-1] if losses else None)

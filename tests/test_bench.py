@@ -186,6 +186,12 @@ def test_report_real_gpu():
     # update FLOPs (4F + 6L) x 800 tokens = 3.248e11 over the median update wall time 1.2 s, against 50 TFLOP/s: 0.5%
     assert "| update MFU vs the measured fp32 matmul peak | 0.5% | 0.3% |  |" in text
     assert "| **step (s, set-up included, as in the CPU table)** | 0.500 | 2.000 | 0.25 |" in text
+    # generation: 400 new tokens in 0.4 s (ours) vs 0.8 s (TRL): TRL/ours = 0.50; the scoring phase (0 s) gets no ratio
+    assert "| generation: new tokens per s | 1000 | 500 | 0.50 (TRL/ours) |" in text
+    assert "| scoring | 0.000 | 0.000 | n/a |" in text and "Random weights" not in text
+    os.environ["BENCH_RANDOM_WEIGHTS"] = "1"
+    try: assert "**Random weights**" in b.report_real_gpu({"ppo": {"ours": ours, "trl": trl}, "wall": 1.0}, a, info)
+    finally: del os.environ["BENCH_RANDOM_WEIGHTS"]
 
 
 def test_gpu_driver_table_and_render(tmp_path):
