@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 
 from .plumbing import (append_metrics, atomic_save, atomic_write_text, context_length, open_run,
                                    read_metrics, rng_state, seed_everything, set_rng_state, write_csv)
-from .ppo import (batched_forward, forward_logprobs_values, has_dropout, make_ppo_models, plot_reward_kl,
-                              prompt_batch, rollout, score)
+from .ppo import (forward_in_order, forward_logprobs_values, make_ppo_models, plot_reward_kl, prompt_batch,
+                              reused_rows, rollout, score)
 from .ppo_core import MAX_LOG_RATIO, _as_mask, _check_same_shape, _require_tokens, kl_penalty, masked_mean
 
 # %% ../nbs/09_grpo.ipynb #80c315d9
@@ -223,13 +223,9 @@ def group_advantages(rewards: torch.Tensor, config: GRPOConfig) -> torch.Tensor:
 def _ordered_logprobs(model, input_ids, attention_mask, P, c, order, with_entropy=False, skip=0):
     "Log-probs (and entropy) without grad, computed in minibatches in `order`, returned in the batch's own order."
     fwd = lambda s: forward_logprobs_values(model, input_ids[s], attention_mask[s], P, c.temperature, with_entropy)
-    nan = lambda: torch.full((input_ids.shape[0], input_ids.shape[1] - P), float("nan"), device=input_ids.device)
-    logprobs, entropy = nan(), (nan() if with_entropy else None)   # the first `skip` rows of `order` stay NaN: the caller's
-    if skip < len(order):
-        lp, _, ent = batched_forward(fwd, order[skip:], c.mini_batch_size)
-        logprobs[order[skip:]] = lp
-        if with_entropy: entropy[order[skip:]] = ent
-    return logprobs, entropy
+    like = input_ids[:, P:]                                          # (B, R); the first `skip` rows of `order` stay NaN
+    logprobs, _, entropy = forward_in_order(fwd, order, c.mini_batch_size, like, skip)
+    return logprobs, (entropy if with_entropy else None)
 
 # %% ../nbs/09_grpo.ipynb #9b8b8fe2
 def _minibatch_update(policy, optimizer, params, input_ids, attention_mask, P, idx, old_logprobs, advantages, mask,
@@ -263,7 +259,7 @@ def grpo_step(
     perms = [torch.randperm(B) for _ in range(c.num_iterations)]
 
     # ---- old and reference log-probs (no grad); old ones in the first pass's order: ratio exactly 1 at first ----
-    first = perms[0][:c.mini_batch_size] if not has_dropout(policy) else perms[0][:0]   # forwarded once, below
+    first = reused_rows(policy, perms[0], c.mini_batch_size)                    # forwarded once, below
     policy.eval()
     with torch.no_grad():
         old_logprobs, entropy = _ordered_logprobs(policy, input_ids, attention_mask, P, c, perms[0], True, len(first))

@@ -594,7 +594,7 @@ def check_config(cfg: PipelineConfig) -> None:
 
 # %% ../nbs/10_pipeline.ipynb #27033f54
 def _wr(w: dict) -> str:
-    draws = "" if max(w.get("draws") or [1]) == 1 else f" x {'x'.join(map(str, w['draws']))} draws"
+    draws = "" if max(w.get("draws") or [1]) == 1 else f", {' vs '.join(map(str, w['draws']))} answers per prompt"
     return f"{w['win_rate']:.3f} (95% CI {w['ci_low']:.3f}-{w['ci_high']:.3f}, n={w['n']}{draws})"
 
 def format_summary(s: dict) -> str:

@@ -7,10 +7,10 @@ __all__ = ['DROPOUT_FIELDS', 'MINIBATCH_STATS', 'DIALS', 'PPOConfig', 'disable_d
            'PolicyAndValue', 'AdapterDisabled', 'lora_trained', 'fresh_lora', 'make_ppo_models', 'truncate_after_eos',
            'sample_next', 'logits_to_keep_kw', 'cache_kw', 'sample_tokens', 'unique_prompts', 'rollout',
            'same_tokenizer', 'reward_model_fn', 'sentiment_reward_fn', 'score', 'forward_logprobs_values',
-           'batched_forward', 'old_logprobs_values', 'advantages_and_returns', 'kl_per_response', 'ppo_minibatch_loss',
-           'hf_models', 'check_checkpointing', 'set_checkpointing', 'checkpointing', 'ppo_update', 'mean_stats',
-           'ppo_step', 'prompt_batch', 'RunningMoments', 'scale_scores', 'make_kl_controller', 'stats_row', 'train_ppo',
-           'evaluate_policy', 'plot_reward_kl', 'plot_dials']
+           'batched_forward', 'forward_in_order', 'reused_rows', 'old_logprobs_values', 'advantages_and_returns',
+           'kl_per_response', 'ppo_minibatch_loss', 'hf_models', 'check_checkpointing', 'set_checkpointing',
+           'checkpointing', 'ppo_update', 'mean_stats', 'ppo_step', 'prompt_batch', 'RunningMoments', 'scale_scores',
+           'make_kl_controller', 'stats_row', 'train_ppo', 'evaluate_policy', 'plot_reward_kl', 'plot_dials']
 
 # %% ../nbs/06_ppo.ipynb #51191a9d
 import contextlib
@@ -461,6 +461,20 @@ def batched_forward(fn, order: torch.Tensor, size: int) -> list:
     outs = [fn(order[i:i + size]) for i in range(0, len(order), size)]
     return [None if o[0] is None else torch.cat(o) for o in zip(*outs)]
 
+def forward_in_order(fn, order: torch.Tensor, size: int, like: torch.Tensor, skip: int = 0, n_out: int = 3) -> list:
+    "`batched_forward` over `order[skip:]`, each output put back in the batch's row order (a `like`-shaped tensor)."
+    # the rows order[:skip] are not forwarded and stay NaN, for the caller to fill; an output fn returns as None stays None
+    res = [torch.full(like.shape, float("nan"), device=like.device) for _ in range(n_out)]   # each (B, R)
+    if skip < len(order):
+        for i, o in enumerate(batched_forward(fn, order[skip:], size)):
+            if o is None: res[i] = None
+            else: res[i][order[skip:]] = o
+    return res
+
+def reused_rows(model: nn.Module, perm: torch.Tensor, size: int) -> torch.Tensor:
+    "The first minibatch of `perm`: its forward with grad doubles as its old forward (no rows when dropout is on)."
+    return perm[:size] if not has_dropout(model) else perm[:0]
+
 @torch.no_grad()
 def old_logprobs_values(model: PolicyAndValue, ref_policy, batch: dict, config: PPOConfig,
                         order: torch.Tensor, skip: int = 0) -> tuple[torch.Tensor, ...]:  # each (B, R)
@@ -469,10 +483,7 @@ def old_logprobs_values(model: PolicyAndValue, ref_policy, batch: dict, config: 
     input_ids, attention_mask, mask, P = _sequences(batch)
     model.eval()
     fwd = lambda m, ent: (lambda s: forward_logprobs_values(m, input_ids[s], attention_mask[s], P, config.temperature, ent))
-    old = [torch.full(mask.shape, float("nan"), device=mask.device) for _ in range(3)]   # the first `skip` rows: the caller's
-    if skip < len(order):
-        for x, o in zip(old, batched_forward(fwd(model, True), order[skip:], config.mini_batch_size)):
-            x[order[skip:]] = o                                                 # back to the rollout's row order
+    old = forward_in_order(fwd(model, True), order, config.mini_batch_size, mask, skip)   # back in the rollout's row order
     ref_logprobs, _, _ = batched_forward(fwd(ref_policy, False), torch.arange(len(order)), config.mini_batch_size)
     return *old, ref_logprobs
 
@@ -599,7 +610,7 @@ def ppo_step(
     input_ids, attention_mask, mask, P = _sequences(batch)
     B = input_ids.shape[0]
     perms = [torch.randperm(B) for _ in range(c.ppo_epochs)]                     # minibatch order of each epoch
-    first = perms[0][:c.mini_batch_size] if not has_dropout(model) else perms[0][:0]   # the first update's rows
+    first = reused_rows(model, perms[0], c.mini_batch_size)                      # the first update's rows
     # ---- 2. evaluate: old log-probs, values, entropy (in the first epoch's order), reference log-probs ----
     old_logprobs, old_values, entropy, ref_logprobs = old_logprobs_values(model, ref_policy, batch, c, perms[0],
                                                                           skip=len(first))

@@ -90,10 +90,10 @@ def render_seeds(runs: list) -> str:
     "Each algorithm over several seeds (one pipeline directory per seed, every --algo run in each): per seed and mean +- sd."
     import statistics
     per = [load(r) for r in runs]
-    algos = [a for a in ORDER if all(a in p for p in per)] + sorted({a for p in per for a in p if a not in ORDER})
-    algos = [a for a in algos if all(a in p for p in per)]
+    algos = [a for a in [*ORDER, *sorted({a for p in per for a in p} - set(ORDER))] if all(a in p for p in per)]
     if not algos: raise SystemExit("no algorithm was run in every one of " + ", ".join(map(str, runs)))
     ms = lambda xs, f: f"{f.format(statistics.mean(xs))} ± {f.format(statistics.stdev(xs)).lstrip('+')}" if len(xs) > 1 else f.format(xs[0])
+    ms_ = lambda xs, f: "-" if None in xs else ms(xs, f)                  # a quantity some seed did not record
     first = next(iter(per[0].values()))
     lines = [f"Each algorithm with seeds {', '.join(str(next(iter(p.values()))['seed']) for p in per)} (the seed sets the data "
              "order, the sampling and the heads; SFT model, reward model, gold judge and held-out prompts are shared), "
@@ -109,7 +109,6 @@ def render_seeds(runs: list) -> str:
         w = [s["win_rates"]["gold"]["rl_vs_sft"] for s in ss]
         d = lambda k: [s["policies"][a][k] - s["policies"]["sft"][k] for s in ss]
         v = lambda k: [s["policies"][a][k] for s in ss]
-        ms_ = lambda xs, f: "-" if None in xs else ms(xs, f)
         steps = sorted({s["steps"] for s in ss})
         lines.append(f"| {a.upper()} | {'/'.join(map(str, steps))} | {'; '.join(ci(x) for x in w)} | "
                      f"{ms([x['win_rate'] for x in w], '{:.3f}')} | {ms(d('gold'), '{:+.3f}')} | {ms(d('proxy'), '{:+.3f}')} | "
