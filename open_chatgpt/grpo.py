@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 
 from .plumbing import (append_metrics, atomic_save, atomic_write_text, context_length, open_run,
                                    read_metrics, rng_state, seed_everything, set_rng_state, write_csv)
-from .ppo import (forward_in_order, forward_logprobs_values, make_ppo_models, plot_reward_kl, prompt_batch,
-                              reused_rows, rollout, score)
+from .ppo import (check_checkpointing, checkpointing, forward_in_order, forward_logprobs_values,
+                              make_ppo_models, plot_reward_kl, prompt_batch, reused_rows, rollout, score)
 from .ppo_core import MAX_LOG_RATIO, _as_mask, _check_same_shape, _require_tokens, kl_penalty, masked_mean
 
 # %% ../nbs/09_grpo.ipynb #80c315d9
@@ -176,6 +176,7 @@ class GRPOConfig:
     missing_eos_penalty: Optional[float] = 1.0   # subtracted from the reward of responses that never end (None: off)
     seed: int = 0                         # seeds torch, numpy, random and the prompt order
     total_steps: int = 100                # GRPO steps
+    gradient_checkpointing: bool = False  # recompute activations in the update's backward: less memory, one more forward
     save_every: int = 10                  # checkpoint every this many steps (and at the end); 0: only at the end
     output_dir: Optional[str] = None      # metrics.jsonl/.csv, plot, checkpoint; None: keep nothing on disk
 
@@ -267,20 +268,20 @@ def grpo_step(
 
     # ---- optimise: num_iterations passes over shuffled minibatches, one optimizer step each ----
     policy.train()                                   # dropout is off (disable_dropout): train == eval numerically
-    first_lp = None
-    if len(first):                                   # the first minibatch's forward with grad *is* its old forward
-        first_lp, _, first_entropy = forward_logprobs_values(policy, input_ids[first], attention_mask[first], P,
-                                                             c.temperature, True)
-        old_logprobs[first], entropy[first] = first_lp.detach(), first_entropy
+    first_lp, step_stats = None, []
     params = [p for p in policy.parameters() if p.requires_grad]
-    step_stats = []
-    for perm in perms:
-        for start in range(0, B, c.mini_batch_size):
-            idx = perm[start:start + c.mini_batch_size]
-            lp, first_lp = first_lp, None
-            if lp is not None: assert torch.equal(idx, first), "the reused forward must be the first minibatch's"
-            step_stats.append(_minibatch_update(policy, optimizer, params, input_ids, attention_mask, P, idx,
-                                                old_logprobs, advantages, mask, ref_logprobs, c, lp))
+    with checkpointing(policy, c.gradient_checkpointing):                        # off by default (chapter 6's)
+        if len(first):                               # the first minibatch's forward with grad *is* its old forward
+            first_lp, _, first_entropy = forward_logprobs_values(policy, input_ids[first], attention_mask[first], P,
+                                                                 c.temperature, True)
+            old_logprobs[first], entropy[first] = first_lp.detach(), first_entropy
+        for perm in perms:
+            for start in range(0, B, c.mini_batch_size):
+                idx = perm[start:start + c.mini_batch_size]
+                lp, first_lp = first_lp, None
+                if lp is not None: assert torch.equal(idx, first), "the reused forward must be the first minibatch's"
+                step_stats.append(_minibatch_update(policy, optimizer, params, input_ids, attention_mask, P, idx,
+                                                    old_logprobs, advantages, mask, ref_logprobs, c, lp))
     optimizer.zero_grad(set_to_none=True)
     policy.eval()
     return _step_stats(step_stats, rewards, advantages, old_logprobs, ref_logprobs, entropy, mask, c)
@@ -355,6 +356,7 @@ def train_grpo(
     "Run GRPO / Dr. GRPO / RLOO for `config.total_steps` steps; log and checkpoint to `config.output_dir`; return the history."
     c, prompts = config.validate(context_length(policy)), list(prompts)
     if not prompts: raise ValueError("no prompts to train on")
+    if c.gradient_checkpointing: check_checkpointing(policy)                  # fail now, not after the first rollout
     optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=c.learning_rate)
     seed_everything(c.seed)
     out = Path(c.output_dir) if c.output_dir else None                # resume: weights, optimizer, RNG, metrics

@@ -519,9 +519,10 @@ def ppo_minibatch_loss(model: PolicyAndValue, data: dict, idx: torch.Tensor, con
     return pg_loss + c.vf_coef * vf_loss, {**pg_stats, **vf_stats}
 
 # %% ../nbs/06_ppo.ipynb #dee31ecf
-def hf_models(model: PolicyAndValue) -> list:
-    "The transformers models inside the actor and a separate critic (under any LoRA wrapper)."
-    ms = [model.policy] + ([model.critic.backbone] if model.critic is not None else [])
+def hf_models(model) -> list:
+    "The transformers models inside the actor and a separate critic (under any LoRA wrapper); a causal LM alone: itself."
+    if not isinstance(model, PolicyAndValue): ms = [model]                 # GRPO's policy (chapter 9): no critic
+    else: ms = [model.policy] + ([model.critic.backbone] if model.critic is not None else [])
     return [m.get_base_model() if hasattr(m, "get_base_model") else m for m in ms]
 
 def check_checkpointing(model: PolicyAndValue) -> None:
