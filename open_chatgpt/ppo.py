@@ -463,7 +463,8 @@ def batched_forward(fn, order: torch.Tensor, size: int) -> list:
 
 def forward_in_order(fn, order: torch.Tensor, size: int, like: torch.Tensor, skip: int = 0, n_out: int = 3) -> list:
     "`batched_forward` over `order[skip:]`, each output put back in the batch's row order (a `like`-shaped tensor)."
-    # the rows order[:skip] are not forwarded and stay NaN, for the caller to fill; an output fn returns as None stays None
+    # the rows order[:skip] are not forwarded and stay NaN, for the caller to fill; an output fn returns as None stays
+    # None (if every row is skipped, fn never runs: all n_out outputs are NaN tensors)
     res = [torch.full(like.shape, float("nan"), device=like.device) for _ in range(n_out)]   # each (B, R)
     if skip < len(order):
         for i, o in enumerate(batched_forward(fn, order[skip:], size)):
