@@ -73,6 +73,7 @@ def test_sft_script_cpu_zero2(tmp_path):
     m = run_script("sft", "zero2", tmp_path, 29711)
     assert (m["zero_stage"], m["steps"], m["world_size"], m["device"], m["path"]) == (2, 2, 1, "cpu", "hf-trainer")
     assert m["last_loss"] == m["last_loss"] and m["samples_per_second"] > 0   # finite loss, measured throughput
+    assert 0 < m["steady_samples_per_second"] < float("inf")                  # steps 2..N timed by the step clock
 
 
 @needs_ds
@@ -80,6 +81,7 @@ def test_reward_script_cpu_zero3(tmp_path):
     m = run_script("reward", "zero3", tmp_path, 29712)
     assert (m["zero_stage"], m["steps"], m["path"]) == (3, 2, "deepspeed.initialize")
     assert 0 < m["first_loss"] < 5
+    assert 0 < m["steady_samples_per_second"] < float("inf") and 0 < m["steady_tokens_per_second"] < float("inf")
 
 
 @needs_ds
@@ -88,3 +90,6 @@ def test_ppo_script_cpu_zero3_gathers_for_generation(tmp_path):
     assert (m["zero_stage"], m["steps"], m["gathered_generation"]) == (3, 2, True)
     assert all(r["response/length"] >= 1 for r in m["history"])
     assert set(m["n_params"]) == {"actor", "critic", "reference", "reward"}
+    h = m["history"][1:]                                                       # steady state: steps 2..N, as reported
+    B = m["batch_size_per_process"] * m["world_size"]
+    assert abs(m["steady_samples_per_second"] - len(h) * B / sum(r["time/rollout"] + r["time/update"] for r in h)) < 1e-6

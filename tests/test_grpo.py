@@ -159,6 +159,30 @@ def test_step_changes_every_trainable_parameter_and_not_the_reference(tok, promp
     assert all(not p.requires_grad for p in ref.parameters())
 
 
+
+def test_gradient_checkpointing_with_lora_is_exact(tok, prompts):
+    "LoRA (frozen base, so the inputs must require grad for the recomputation): the same adapters as without, then off."
+    import copy
+    from open_chatgpt.sft import is_checkpointing
+    base = _lora(tiny_model("gpt2", tok, d=32, n_layer=2, n_head=2))
+    out = {}
+    for ck in (False, True):
+        torch.manual_seed(0)                                  # the fresh adapters' initialisation
+        policy, ref = make_grpo_models(copy.deepcopy(base), tok)
+        lora0 = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
+        frozen = {n: p.detach().clone() for n, p in policy.named_parameters() if not p.requires_grad}
+        seen = []
+        policy.register_forward_pre_hook(lambda m, *a: seen.append(any(is_checkpointing(x) for x in m.modules())))
+        cfg = GRPOConfig(batch_size=2, num_generations=4, mini_batch_size=4, num_iterations=2, max_new_tokens=6,
+                         max_prompt_length=32, beta=0.04, gradient_checkpointing=ck)
+        _step(tok, prompts, policy, ref, cfg)
+        out[ck] = {n: p.detach().clone() for n, p in policy.named_parameters()}
+        assert any(not torch.equal(out[ck][n], v) for n, v in lora0.items() if "lora_B" in n)   # the adapters trained
+        assert all(torch.equal(out[ck][n], v) for n, v in frozen.items())                    # the base did not
+        assert any(seen) == ck and not any(is_checkpointing(m) for m in policy.modules())  # on in the update, off after
+    assert out[False].keys() == out[True].keys()
+    assert all(torch.equal(out[False][n], out[True][n]) for n in out[False])
+
 def _direction_reward(toy):
     "Share of response tokens whose (initial) embedding has a positive first coordinate: learnable in a few steps."
     S = toy.get_input_embeddings().weight[:, 0].detach() > 0                       # (vocab,) bool
