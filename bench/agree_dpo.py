@@ -143,7 +143,15 @@ def main(argv=None) -> int:
                 "IPO (beta 0.5)": dict(loss_type="ipo", beta=0.5, label_smoothing=0.0)}
     runs = {f"{name}, fp32": (v, torch.float32) for name, v in variants.items()}
     runs.update({f"{name}, fp64": (v, torch.float64) for name, v in variants.items()})
-    results = {name: compare(v, dt, records, a) for name, (v, dt) in runs.items()}
+    def in_dtype(v, dt):
+        "compare() with torch's default dtype = dt: transformers 4.45 builds the padding mask in the default dtype and"
+        # fills it with finfo(model dtype).min, which overflows float32 for a float64 model (padded rows: a pair is cut
+        # as one, so its shorter answer is padded)
+        prev = torch.get_default_dtype()
+        torch.set_default_dtype(dt)
+        try: return compare(v, dt, records, a)
+        finally: torch.set_default_dtype(prev)
+    results = {name: in_dtype(v, dt) for name, (v, dt) in runs.items()}
     names = list(results)
     keys = [k for k in results[names[0]] if not k.startswith("_")]
     print(f"DPO: open_chatgpt.dpo vs TRL {trl.__version__} DPOTrainer (transformers {transformers.__version__}, torch "

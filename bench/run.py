@@ -148,14 +148,15 @@ def matmul_params(model) -> int:
     return n
 
 def pair_features(tok, records, max_length: int) -> list:
-    "Tokenise pairs exactly like our PairwiseCollator (prompt cut from the left, eos appended) for both libraries."
-    from open_chatgpt.data import truncate_left
+    "Tokenise pairs exactly like our PairwiseCollator (one prompt cut per pair, from the left; eos appended) for both libraries."
+    from open_chatgpt.data import truncate_pair
     enc = lambda t: tok(t, add_special_tokens=False)["input_ids"]
     feats = []
     for r in records:
+        p, c, j = truncate_pair(enc(r["prompt"]), enc(r["chosen"]) + [tok.eos_token_id],
+                                enc(r["rejected"]) + [tok.eos_token_id], max_length)
         f = {}
-        for key in ("chosen", "rejected"):
-            p, resp = truncate_left(enc(r["prompt"]), enc(r[key]) + [tok.eos_token_id], max_length)
+        for key, resp in (("chosen", c), ("rejected", j)):
             f[f"input_ids_{key}"] = p + resp; f[f"attention_mask_{key}"] = [1] * (len(p) + len(resp))
         feats.append(f)
     return feats

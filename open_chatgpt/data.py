@@ -9,8 +9,8 @@ __all__ = ['ASSETS', 'HH_SAMPLE', 'TOKENIZER_FILE', 'ASSISTANT', 'HUMAN', 'TEST_
            'adapt_records', 'prompt_split', 'sample_pairs', 'sample_sft', 'prompts_from_pairs', 'sample_prompts',
            'load_records', 'load_preferences', 'load_sft', 'load_prompts', 'train_tokenizer', 'sample_texts',
            'get_tokenizer', 'hh_turns', 'uses_chat_template', 'hh_to_chat', 'format_prompt', 'format_response',
-           'chat_prompt', 'truncate_left', 'SFTCollator', 'PairwiseCollator', 'PromptCollator', 'token_lengths',
-           'plot_lengths', 'summary', 'read_local', 'is_quick', 'use_real']
+           'chat_prompt', 'truncate_left', 'truncate_pair', 'SFTCollator', 'PairwiseCollator', 'PromptCollator',
+           'token_lengths', 'plot_lengths', 'summary', 'read_local', 'is_quick', 'use_real']
 
 # %% ../nbs/01_data.ipynb #d51a9f2f
 import gzip
@@ -331,6 +331,15 @@ def truncate_left(prompt_ids: list[int], response_ids: list[int], max_length: in
     cut_p = min(excess, len(prompt_ids))
     return prompt_ids[cut_p:], response_ids[excess - cut_p:]
 
+# %% ../nbs/01_data.ipynb #5fcc79dd
+def truncate_pair(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int],
+                  max_length: int) -> tuple[list[int], list[int], list[int]]:
+    "Cut a comparison to `max_length` tokens per sequence with one shared prompt: the longer sequence decides the cut."
+    if max_length < 1: raise ValueError(f"max_length must be >= 1, got {max_length}")
+    excess = len(prompt_ids) + max(len(chosen_ids), len(rejected_ids)) - max_length
+    p = prompt_ids[min(max(excess, 0), len(prompt_ids)):]           # the prompt both answers see
+    return p, truncate_left(p, chosen_ids, max_length)[1], truncate_left(p, rejected_ids, max_length)[1]
+
 # %% ../nbs/01_data.ipynb #aadb8c85
 def _pad(seqs: list[list[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
     n = max(len(s) for s in seqs)
@@ -378,14 +387,15 @@ class PairwiseCollator:
     chat: Optional[bool] = None  # chat-template format (None: when the tokenizer has a template)
     with_prompt: bool = True     # False: the response alone (what a response-only reward model reads)
     def __call__(self, records: list[dict]) -> dict:
-        seqs, chat = [], uses_chat_template(self.tokenizer, self.chat)
+        chat = uses_chat_template(self.tokenizer, self.chat)
         cls = [self.tokenizer.cls_token_id] if getattr(self.tokenizer, "cls_token_id", None) is not None else []  # encoders
-        for key in ("chosen", "rejected"):
-            for r in records:
-                p, resp = _encode_pair(self.tokenizer, r["prompt"], r[key], chat)
-                p, resp = truncate_left(p if self.with_prompt else [], resp, self.max_length - len(cls))
-                seqs.append(cls + p + resp)
-        input_ids, attention_mask = _pad(seqs, self.tokenizer.pad_token_id, self.padding_side)
+        chosen, rejected = [], []
+        for r in records:                            # one prompt cut per pair: both answers see the same context
+            p, c = _encode_pair(self.tokenizer, r["prompt"], r["chosen"], chat)
+            j = _encode_pair(self.tokenizer, r["prompt"], r["rejected"], chat)[1]
+            p, c, j = truncate_pair(p if self.with_prompt else [], c, j, self.max_length - len(cls))
+            chosen.append(cls + p + c); rejected.append(cls + p + j)
+        input_ids, attention_mask = _pad(chosen + rejected, self.tokenizer.pad_token_id, self.padding_side)
         return dict(input_ids=input_ids, attention_mask=attention_mask)  # each (2*batch, seq)
 
 # %% ../nbs/01_data.ipynb #a8d1c192

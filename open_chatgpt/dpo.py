@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import SFTCollator
+from .data import SFTCollator, _encode_pair, _pad, truncate_pair, uses_chat_template
 from .models import is_lora, model_inputs, prepare_model, prepare_tokenizer
 from .plumbing import (append_metrics, atomic_save, atomic_write_text, context_length, model_device,
-                                   open_run, read_metrics, rng_state, seed_everything, set_rng_state, write_csv)
+                                   open_run, read_metrics, rng_devices, rng_state, seed_everything, set_rng_state,
+                                   write_csv)
 from .ppo import AdapterDisabled, disable_dropout, fresh_lora, lora_trained
 from .ppo_core import logprobs_from_logits
 from .reward import check_pairs, wilson_interval
@@ -40,8 +41,18 @@ class DPOCollator:
     max_length: int = 256  # tokens per sequence (prompt cut from the left first); an eos ends each response
     chat: Optional[bool] = None  # chat-template format, as SFTCollator (None: when the tokenizer has a template)
     def __call__(self, records: list[dict]) -> dict:
-        rows = [dict(prompt=r["prompt"], response=r[key]) for key in ("chosen", "rejected") for r in records]
-        return SFTCollator(self.tokenizer, self.max_length, self.chat)(rows)  # input_ids, attention_mask, labels: (2B, seq)
+        chat, chosen, rejected = uses_chat_template(self.tokenizer, self.chat), [], []
+        self.n_truncated = 0                                                   # pairs cut to fit max_length
+        for r in records:
+            p, c = _encode_pair(self.tokenizer, r["prompt"], r["chosen"], chat)
+            j = _encode_pair(self.tokenizer, r["prompt"], r["rejected"], chat)[1]
+            p2, c2, j2 = truncate_pair(p, c, j, self.max_length)              # one prompt cut for both answers
+            self.n_truncated += (len(p2), len(c2), len(j2)) != (len(p), len(c), len(j))
+            chosen.append((p2, c2)); rejected.append((p2, j2))
+        rows = chosen + rejected                                               # chosen rows first
+        input_ids, attention_mask = _pad([p + y for p, y in rows], self.tokenizer.pad_token_id)
+        lab, _ = _pad([[-100] * len(p) + y for p, y in rows], -100)
+        return dict(input_ids=input_ids, attention_mask=attention_mask, labels=lab)  # each (2B, seq)
 
 # %% ../nbs/08_dpo.ipynb #47807d31
 def get_batch_logps(
@@ -247,7 +258,7 @@ def sampled_kl(policy, ref_policy, tokenizer, prompts: Sequence[str], max_new_to
     from open_chatgpt.ppo import PPOConfig, forward_logprobs_values, rollout
     cfg = PPOConfig(max_new_tokens=max_new_tokens, max_prompt_length=max_prompt_length, temperature=1.0)
     kls = []
-    with torch.random.fork_rng(devices=[]):                                   # leave the training random state alone
+    with torch.random.fork_rng(devices=rng_devices(policy)):                  # leave the training random state alone
         torch.manual_seed(seed)
         for i in range(0, len(prompts), batch_size):
             b = rollout(policy, tokenizer, list(prompts[i:i + batch_size]), cfg)
@@ -352,11 +363,12 @@ def train_dpo(
             if on_checkpoint is not None: on_checkpoint(step)   # before the save: a kill in between re-runs this step
             if out is not None: save_dpo_checkpoint(out / "checkpoints" / "last.pt", policy, optimizer, scheduler, step, c)
     policy.eval()
-    if out is not None and history: plot_dpo(history, out / "dpo.png")
+    if out is not None and history:                       # at pi = pi_ref: log 2 (DPO), (1 / (2 beta))^2 (IPO)
+        plot_dpo(history, out / "dpo.png", start_loss=math.log(2) if c.loss_type == "sigmoid" else (0.5 / c.beta) ** 2)
     return history
 
 # %% ../nbs/08_dpo.ipynb #98c5e1ed
-def plot_dpo(history: list[dict], path=None, title: str = "DPO"):
+def plot_dpo(history: list[dict], path=None, title: str = "DPO", start_loss: float = math.log(2)):
     "Loss, held-out implicit-reward accuracy and margin, chosen/rejected log-ratios, sampled KL (saved to `path` if given)."
     import matplotlib.pyplot as plt
     steps = [h["step"] for h in history]
@@ -365,7 +377,7 @@ def plot_dpo(history: list[dict], path=None, title: str = "DPO"):
     fig, axs = plt.subplots(1, 4, figsize=(17, 3.6))
     axs[0].plot(steps, [h["loss"] for h in history], alpha=0.6, label="train (per step)")
     if ev: axs[0].plot(es, [h["eval_loss"] for h in ev], "o-", label="held-out")
-    axs[0].axhline(math.log(2), c="gray", ls=":", label="log 2 (start)"); axs[0].set(title="loss", xlabel="step"); axs[0].legend(fontsize=8)
+    axs[0].axhline(start_loss, c="gray", ls=":", label=f"{start_loss:.3g} (the loss at pi = pi_ref)"); axs[0].set(title="loss", xlabel="step"); axs[0].legend(fontsize=8)
     if ev:
         acc = [h["eval_rewards/accuracies"] for h in ev]
         err = [[a - h["eval_rewards/accuracies_ci_low"] for a, h in zip(acc, ev)], [h["eval_rewards/accuracies_ci_high"] - a for a, h in zip(acc, ev)]]

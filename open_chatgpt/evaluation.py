@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .plumbing import atomic_write_text, model_device
+from .plumbing import atomic_write_text, model_device, rng_devices
 from .ppo import PPOConfig, PolicyAndValue, forward_logprobs_values, rollout, score
 from .reward import wilson_interval
 
@@ -44,7 +44,7 @@ def pooled_win_rate(a: torch.Tensor, b: torch.Tensor) -> dict:
     P, pairs, p = len(w), a.shape[1] * b.shape[1], w.mean().item()
     v = w.var().item() / P if P > 1 else 0.0                                         # variance of p over prompts
     s2 = x.var(unbiased=False).item()                                                # variance of one comparison
-    if pairs == 1 or s2 == 0: n_eff = P                                              # one draw each, or all equal
+    if pairs == 1 or s2 == 0 or P == 1: n_eff = P                                    # one draw each, all equal, one prompt
     elif v == 0: n_eff = P * pairs                                                   # prompts agree: draws all count
     else: n_eff = min(P * pairs, max(P, s2 / v))                                     # Kish's effective sample size
     lo, hi = wilson_interval(p * n_eff, n_eff)
@@ -80,7 +80,7 @@ def sample_answers(
     policy = policy.policy if isinstance(policy, PolicyAndValue) else policy
     rows, scorers = [p for p in prompts for _ in range(n)], scorers or {}
     out = dict(prompts=rows, responses=[], has_eos=[], length=[], kl=[], scores={k: [] for k in scorers}, n=n)
-    with torch.random.fork_rng(devices=[]):                                         # leave the caller's RNG alone
+    with torch.random.fork_rng(devices=rng_devices(policy)):                       # leave the caller's RNG alone
         torch.manual_seed(seed)
         for i in tqdm(range(0, len(rows), batch_size), desc="answers", disable=not progress):
             b = rollout(policy, tokenizer, rows[i:i + batch_size], config)
@@ -104,7 +104,7 @@ def summarize_answers(ans: dict) -> dict:
 
 # %% ../nbs/07_evaluation.ipynb #81f01049
 def bon_kl(n: int) -> float:
-    "KL(best-of-n || policy) = log n - (n - 1) / n, in nats."
+    "KL(best-of-n || policy) <= log n - (n - 1) / n nats: exact when answers never repeat, an upper bound otherwise."
     return math.log(n) - (n - 1) / n
 
 def best_of_n(proxy: torch.Tensor, gold: torch.Tensor, ns: Sequence[int] = (1, 2, 4, 8, 16)) -> list[dict]:
@@ -193,9 +193,14 @@ def load_or_train_judge(train_pairs, eval_pairs, config: JudgeConfig, cache_dir=
     rcfg = RewardConfig(**{"seed": config.seed, **config.reward})
     d = Path(cache_dir or Path(MODEL_CACHE) / "judges") / judge_key(train_pairs, config)
     if (d / "judge.json").exists():
-        meta = json.loads((d / "judge.json").read_text())
+        meta, rm = json.loads((d / "judge.json").read_text()), RewardModel.from_pretrained(d).eval().requires_grad_(False)
+        if meta.get("eval_pairs") != pairs_fingerprint(eval_pairs):    # its accuracy is on other held-out pairs: measure
+            ev = evaluate_reward(rm, rm.tokenizer, eval_pairs, max_length=meta.get("max_length", rcfg.max_length))
+            meta.update(accuracy=ev["accuracy"], ci_low=ev["ci_low"], ci_high=ev["ci_high"], n_eval=ev["n"],
+                        eval_pairs=pairs_fingerprint(eval_pairs))
+            atomic_write_text(d / "judge.json", json.dumps(meta, indent=2))
         log(f"[judge] cached gold judge {d.name}: held-out accuracy {meta['accuracy']:.3f} (trained in {meta['seconds'] / 60:.1f} min)")
-        return RewardModel.from_pretrained(d).eval().requires_grad_(False), meta
+        return rm, meta
     log(f"[judge] training the gold judge ({config.backbone}, once per data set; cached in {d})")
     t0 = time.perf_counter()
     rm = _new_judge(config)
@@ -203,7 +208,8 @@ def load_or_train_judge(train_pairs, eval_pairs, config: JudgeConfig, cache_dir=
     train_reward(rm, rm.tokenizer, train_pairs, None, rcfg, progress=False)
     ev = evaluate_reward(rm, rm.tokenizer, eval_pairs, max_length=rcfg.max_length)
     meta = dict(accuracy=ev["accuracy"], ci_low=ev["ci_low"], ci_high=ev["ci_high"], n_eval=ev["n"], n_train=len(train_pairs),
-                seconds=time.perf_counter() - t0, config=asdict(config), max_length=rcfg.max_length)
+                seconds=time.perf_counter() - t0, config=asdict(config), max_length=rcfg.max_length,
+                eval_pairs=pairs_fingerprint(eval_pairs))          # which held-out pairs the accuracy is on
     with stage_dir(d) as tmp:
         rm.save_pretrained(tmp); atomic_write_text(tmp / "judge.json", json.dumps(meta, indent=2))
     log(f"[judge] held-out accuracy {meta['accuracy']:.3f} (95% CI {meta['ci_low']:.3f}-{meta['ci_high']:.3f}) in {meta['seconds'] / 60:.1f} min")

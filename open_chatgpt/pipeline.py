@@ -397,7 +397,8 @@ def run_dpo(cfg: PipelineConfig, resume: bool = False, stop_after_steps: Optiona
     tok = get_tokenizer(str(out / "sft"))
     dcfg = make_config(DPOConfig, cfg.dpo, **{**DPO_DEFAULTS, "seed": cfg.seed, "output_dir": str(stage)})
     policy, ref = make_dpo_models(load_policy(str(out / "sft"), tokenizer=tok, lora=cfg.lora), tok)
-    # pairs that fit untruncated: cutting chosen and rejected separately would condition them on different contexts
+    # pairs that fit untruncated (DPOCollator would cut a long pair's prompt once, for both answers, but an answer to
+    # a half-read question teaches little)
     train = filter_pairs(check_pairs(load_data(cfg, "pairs", "train"), "train pairs", drop_identical=True), tok, dcfg.max_length)
     eval_pairs = filter_pairs(load_data(cfg, "pairs", "test"), tok, dcfg.max_length)
     eval_pairs = eval_pairs.select(range(min(cfg.n_eval_prompts, len(eval_pairs))))

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['atomic_write_text', 'atomic_save', 'write_jsonl', 'read_metrics', 'write_csv', 'open_run', 'append_metrics',
            'stage_dir', 'rng_state', 'set_rng_state', 'seed_everything', 'context_length', 'model_device',
-           'peak_rss_gib']
+           'rng_devices', 'peak_rss_gib']
 
 # %% ../nbs/12_plumbing.ipynb #f8cb2ad3
 import csv
@@ -139,6 +139,11 @@ def context_length(model) -> Optional[int]:
 def model_device(model) -> torch.device:
     "The device of `model`'s first parameter (CPU for a model without parameters)."
     return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+def rng_devices(model) -> list[int]:
+    "The CUDA devices whose generators sampling on `model` draws from: what `torch.random.fork_rng(devices=...)` must save."
+    d = model_device(model)
+    return [torch.cuda.current_device() if d.index is None else d.index] if d.type == "cuda" else []
 
 def peak_rss_gib() -> float:
     "Peak resident memory of this process so far, in GiB (Linux/macOS)."

@@ -196,6 +196,27 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, kind):
     for (n, a), b in zip(p_full.named_parameters(), p_res.parameters()): assert torch.equal(a, b), n
 
 
+def test_the_saved_plot_marks_each_loss_at_its_own_start(tmp_path, monkeypatch):
+    "The loss at pi = pi_ref is log 2 for DPO and (1 / (2 beta))^2 for IPO; the plot's reference line says which."
+    import open_chatgpt.dpo as dpo_mod
+    for loss_type, beta in (("sigmoid", 0.1), ("ipo", 0.5)):
+        seen = {}
+        monkeypatch.setattr(dpo_mod, "plot_dpo", lambda h, path, start_loss=math.log(2), **kw: seen.update(start=start_loss))
+        policy, ref = make_dpo_models(tiny(), TOK)
+        h = train_dpo(policy, ref, TOK, PAIRS, None, cfg(loss_type=loss_type, beta=beta, output_dir=str(tmp_path / loss_type)),
+                      progress=False)
+        assert h[0]["loss"] == pytest.approx(seen["start"], abs=1e-6), (loss_type, h[0]["loss"], seen)
+
+
+def test_a_cut_pair_keeps_one_prompt_for_both_answers():
+    "Truncation cuts the prompt once per pair (truncate_pair): both answers are scored in the same context."
+    i = next(i for i in range(len(PAIRS)) if len(TOK(PAIRS[i]["chosen"])["input_ids"]) != len(TOK(PAIRS[i]["rejected"])["input_ids"])
+             and len(TOK(PAIRS[i]["prompt"])["input_ids"]) > 8)
+    n = max(len(TOK(PAIRS[i][k])["input_ids"]) for k in ("chosen", "rejected")) + 1 + 4
+    b = DPOCollator(TOK, n)([PAIRS[i]])
+    ctx = [b["input_ids"][r][(b["labels"][r] == -100) & (b["attention_mask"][r] == 1)].tolist() for r in (0, 1)]
+    assert ctx[0] == ctx[1] and len(ctx[0]) == 4
+
 def test_bad_input_is_refused_with_a_clear_message():
     with pytest.raises(ValueError, match="no response tokens"):
         get_batch_logps(torch.zeros(1, 3, 5), torch.full((1, 3), -100))
