@@ -7,10 +7,10 @@ __all__ = ['ASSETS', 'HH_SAMPLE', 'TOKENIZER_FILE', 'ASSISTANT', 'HUMAN', 'TEST_
            'PAD', 'LOCAL_EXTS', 'read_jsonl', 'split_prompt_response', 'check_text', 'parse_hh', 'hh_prompt',
            'tldr_prompt', 'shp_adapter', 'summarize_adapter', 'tldr_sft_adapter', 'pairs_adapter', 'sft_adapter',
            'adapt_records', 'prompt_split', 'sample_pairs', 'sample_sft', 'prompts_from_pairs', 'sample_prompts',
-           'load_records', 'load_preferences', 'load_sft', 'load_prompts', 'train_tokenizer', 'sample_texts',
-           'get_tokenizer', 'hh_turns', 'uses_chat_template', 'hh_to_chat', 'format_prompt', 'format_response',
-           'chat_prompt', 'truncate_left', 'truncate_pair', 'SFTCollator', 'PairwiseCollator', 'PromptCollator',
-           'token_lengths', 'plot_lengths', 'summary', 'read_local', 'is_quick', 'use_real']
+           'load_records', 'split_local', 'load_preferences', 'load_sft', 'load_prompts', 'train_tokenizer',
+           'sample_texts', 'get_tokenizer', 'hh_turns', 'uses_chat_template', 'hh_to_chat', 'format_prompt',
+           'format_response', 'chat_prompt', 'truncate_left', 'truncate_pair', 'SFTCollator', 'PairwiseCollator',
+           'PromptCollator', 'token_lengths', 'plot_lengths', 'summary', 'read_local', 'is_quick', 'use_real']
 
 # %% ../nbs/01_data.ipynb #d51a9f2f
 import gzip
@@ -230,14 +230,32 @@ def load_records(name_or_path: str, kind: str = "pairs", split: str = "train", a
         return {"pairs": sample_pairs, "sft": sample_sft, "prompts": sample_prompts}[kind](split)
     src = _read_source(str(name_or_path), split, hub_config)
     if max_records is not None: src = src.select(range(min(max_records, len(src)))) if hasattr(src, "select") else list(src)[:max_records]
-    first = src[0] if len(src) else {}
+    first, one_set = src[0] if len(src) else {}, _is_one_set(name_or_path)      # one local set: split it here
+    split_here = (lambda ds: split_local(ds, split, str(name_or_path))) if one_set else (lambda ds: ds)
     if kind == "prompts":
-        if "prompt" in first: return adapt_records(src, lambda r, w: dict(prompt=check_text(r.get("prompt"), "prompt", w)), on_error, str(name_or_path))
-        pairs = load_records(name_or_path, "pairs", split, adapter, on_error, max_records, hub_config)
-        return prompts_from_pairs(pairs)
+        if "prompt" not in first: return prompts_from_pairs(load_records(name_or_path, "pairs", split, adapter, on_error,
+                                                                         max_records, hub_config))
+        ds = adapt_records(src, lambda r, w: dict(prompt=check_text(r.get("prompt"), "prompt", w)), on_error, str(name_or_path))
+        return prompts_from_pairs(split_here(ds))                               # each distinct prompt once
     table = SFT_ADAPTERS if kind == "sft" else ADAPTERS
     adapter = adapter or table.get(str(name_or_path)) or _detect_adapter(first, kind)
-    return adapt_records(src, adapter, on_error, str(name_or_path))
+    return split_here(adapt_records(src, adapter, on_error, str(name_or_path)))
+
+def _is_one_set(name_or_path) -> bool:
+    "A local file, or a directory saved with `Dataset.save_to_disk`: one set of records with no splits of its own."
+    path = Path(str(name_or_path)).expanduser()
+    return path.is_file() or (path / "dataset_info.json").exists()
+
+def split_local(ds: Dataset, split: str, source: str) -> Dataset:
+    "The `split` ('train', 'test' or 'all') of one local set of records, by prompt hash as the embedded sample's."
+    _check_split(split)
+    if split == "all": return ds
+    keep = [i for i, p in enumerate(ds["prompt"]) if prompt_split(p) == split]
+    if not keep:
+        raise ValueError(f"{source}: none of its {len(ds)} records falls in the '{split}' split (one file is split by a "
+                         f"hash of each prompt, {1 - TEST_FRACTION:.0%}/{TEST_FRACTION:.0%}, like the embedded sample); "
+                         "add records, or load it with split='all'")
+    return ds.select(keep)
 
 def load_preferences(name_or_path: str = "sample", split: str = "train", **kw) -> Dataset:
     "Comparisons with columns `prompt`, `chosen`, `rejected`, from the sample, a hub name or a local file."

@@ -32,7 +32,8 @@ from .evaluation import (JudgeConfig, best_of_n, load_or_train_judge, plot_overo
                                      summarize_answers, pooled_win_rate)
 from .plumbing import (atomic_write_text, context_length, peak_rss_gib, read_metrics, stage_dir,
                                    write_jsonl)
-from .ppo import PPOConfig, make_ppo_models, plot_dials, reward_model_fn, rollout, same_tokenizer, train_ppo
+from .ppo import (PPOConfig, make_ppo_models, plot_dials, reward_critic_problem, reward_model_fn, rollout,
+                             same_tokenizer, train_ppo)
 from .ppo_core import AdaptiveKLController
 
 # %% ../nbs/10_pipeline.ipynb #e9262d5c
@@ -299,6 +300,9 @@ def ppo_models(cfg: PipelineConfig, log=print) -> dict:
     critic_init = cfg.critic_init
     if critic_init == "reward" and not ppo_cfg.shared_backbone and not same_tokenizer(tok, rm.tokenizer):
         log("[ppo] the reward model has a different tokenizer: critic from the SFT model, rewards on decoded text")
+        critic_init = "sft"
+    elif critic_init == "reward" and not ppo_cfg.shared_backbone and reward_critic_problem(rm):
+        log(f"[ppo] critic from the SFT model: the reward model cannot start one ({reward_critic_problem(rm)})")
         critic_init = "sft"
     model, ref = make_ppo_models(sft_model, tok, rm, critic_init=critic_init, shared_backbone=ppo_cfg.shared_backbone)
     return dict(model=model, ref=ref, reward_model=rm, reward_fn=reward_model_fn(rm, tok, max_length=rm.max_length),

@@ -4,13 +4,14 @@
 
 # %% auto #0
 __all__ = ['DROPOUT_FIELDS', 'MINIBATCH_STATS', 'DIALS', 'PPOConfig', 'disable_dropout', 'has_dropout', 'value_head', 'Critic',
-           'PolicyAndValue', 'AdapterDisabled', 'lora_trained', 'fresh_lora', 'make_ppo_models', 'truncate_after_eos',
-           'sample_next', 'logits_to_keep_kw', 'cache_kw', 'sample_tokens', 'unique_prompts', 'rollout',
-           'same_tokenizer', 'reward_model_fn', 'sentiment_reward_fn', 'score', 'forward_logprobs_values',
-           'batched_forward', 'forward_in_order', 'reused_rows', 'old_logprobs_values', 'advantages_and_returns',
-           'kl_per_response', 'ppo_minibatch_loss', 'hf_models', 'check_checkpointing', 'set_checkpointing',
-           'checkpointing', 'ppo_update', 'mean_stats', 'ppo_step', 'prompt_batch', 'RunningMoments', 'scale_scores',
-           'make_kl_controller', 'stats_row', 'train_ppo', 'evaluate_policy', 'plot_reward_kl', 'plot_dials']
+           'reward_critic_problem', 'PolicyAndValue', 'AdapterDisabled', 'lora_trained', 'fresh_lora',
+           'make_ppo_models', 'truncate_after_eos', 'sample_next', 'logits_to_keep_kw', 'cache_kw', 'sample_tokens',
+           'unique_prompts', 'rollout', 'same_tokenizer', 'reward_model_fn', 'sentiment_reward_fn', 'takes_batch',
+           'score', 'forward_logprobs_values', 'batched_forward', 'forward_in_order', 'reused_rows',
+           'old_logprobs_values', 'advantages_and_returns', 'kl_per_response', 'ppo_minibatch_loss', 'hf_models',
+           'check_checkpointing', 'set_checkpointing', 'checkpointing', 'ppo_update', 'mean_stats', 'ppo_step',
+           'prompt_batch', 'RunningMoments', 'scale_scores', 'make_kl_controller', 'stats_row', 'train_ppo',
+           'evaluate_policy', 'plot_reward_kl', 'plot_dials']
 
 # %% ../nbs/06_ppo.ipynb #51191a9d
 import contextlib
@@ -164,12 +165,23 @@ class Critic(nn.Module):
         "A critic from a copy of a reward model's backbone and head: its first values are the reward model's scores."
         backbone = getattr(rm, "backbone", None)
         head = next((getattr(rm, k) for k in ("head", "v_head", "score") if isinstance(getattr(rm, k, None), nn.Linear)), None)
-        if backbone is None or head is None:
-            raise ValueError(f"cannot build a critic from {type(rm).__name__}: it needs a `backbone` and a linear `head`; "
-                             "use critic_init='sft' instead")
-        backbone = getattr(backbone, "base_model", backbone)
+        problem = reward_critic_problem(rm) or (None if backbone is not None and head is not None else
+                                                "it needs a `backbone` and a linear `head`")
+        if problem: raise ValueError(f"cannot build a critic from {type(rm).__name__}: {problem}; use critic_init='sft'")
+        backbone, head = copy.deepcopy(getattr(backbone, "base_model", backbone)), copy.deepcopy(head)
+        offset = float(getattr(rm, "bias", 0.0))             # the normalisation the reward model subtracts (its `bias`)
+        if offset:
+            if head.bias is None: head.bias = nn.Parameter(torch.zeros(head.out_features, dtype=head.weight.dtype))
+            with torch.no_grad(): head.bias -= offset
         # the reward model is frozen (requires_grad=False) while PPO runs; its copy is the critic, which must train
-        return cls(copy.deepcopy(backbone), copy.deepcopy(head)).requires_grad_(True)
+        return cls(backbone, head).requires_grad_(True)
+
+def reward_critic_problem(rm) -> Optional[str]:
+    "Why a critic (a value at every position of prompt + response) cannot start from `rm`, or None if it can."
+    pooling, with_prompt = getattr(rm, "pooling", "last"), getattr(rm, "with_prompt", True)
+    if pooling not in (None, "last"): return f"it pools the sequence ('{pooling}'), a value is read at one position"
+    if not with_prompt: return "it reads the response alone, a value reads prompt + response"
+    return None
 
 # %% ../nbs/06_ppo.ipynb #5650c43b
 class PolicyAndValue(nn.Module):
@@ -401,10 +413,17 @@ def sentiment_reward_fn(scale: float = 1.0) -> Callable:
     return reward_fn
 
 # %% ../nbs/06_ppo.ipynb #c20bff38
+def takes_batch(reward_fn: Callable) -> bool:
+    "Whether `reward_fn` takes a third argument, the rollout batch (token-level reward models use it)."
+    try: ps = list(inspect.signature(reward_fn).parameters.values())
+    except (TypeError, ValueError): return True                        # no signature to read (a C function): try it
+    positional = [p for p in ps if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in ps)
+
 def score(reward_fn: Callable, batch: dict, config: Optional[PPOConfig] = None) -> tuple[torch.Tensor, torch.Tensor]:
     "Raw scores (batch,) from `reward_fn`, checked, and the scores PPO uses (missing-EOS penalty applied)."
-    try: raw = reward_fn(batch["prompts"], batch["responses"], batch)
-    except TypeError: raw = reward_fn(batch["prompts"], batch["responses"])
+    raw = (reward_fn(batch["prompts"], batch["responses"], batch) if takes_batch(reward_fn)   # an error inside it is
+           else reward_fn(batch["prompts"], batch["responses"]))                            # its own: no retry
     raw = torch.as_tensor(raw).detach().float().flatten()
     if raw.shape != (len(batch["prompts"]),):
         raise ValueError(f"the reward function returned {tuple(raw.shape)} scores for {len(batch['prompts'])} responses; "
@@ -578,7 +597,7 @@ def ppo_update(model: PolicyAndValue, optimizer: torch.optim.Optimizer, data: di
                 grad_norm = nn.utils.clip_grad_norm_(params, c.max_grad_norm)    # returns the norm before clipping
                 optimizer.step(); n_updates += 1
                 step_stats[-1]["grad_norm"] = grad_norm.detach()
-            # early stopping: the epoch's mean k3 estimate of KL(old || new), checked once per epoch (as TRL)
+            # early stopping: the epoch's mean k3 estimate of KL(old || new), checked once per epoch (TRL: k1, last minibatch)
             epoch_k3 = float(torch.stack([s["policy/approxkl_k3"] for s in step_stats[epoch_start:]]).mean())
             if c.target_kl is not None and epoch_k3 > 1.5 * c.target_kl:
                 early_stop = True; break

@@ -514,7 +514,8 @@ def fit_reward_bias(rm: RewardModel, tokenizer, prompts, responses: Optional[Seq
     if len(prompts) != len(responses): raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     if len(prompts) < 2: raise ValueError("fit_reward_bias needs at least 2 reference responses to estimate a mean and std")
     if rm.tokenizer is None: rm.tokenizer = prepare_reward_tokenizer(tokenizer)
-    texts = [reward_text(p, r, rm.tokenizer.eos_token) for p, r in zip(prompts, responses)]  # as the collator builds them
+    texts = [reward_text(p if rm.with_prompt else "", r, rm.tokenizer.eos_token)              # what the model reads
+             for p, r in zip(prompts, responses)]
     return set_reward_bias(rm, rm.score_texts(texts, batch_size, max_length) + rm.bias.item())  # scores before the offset
 
 # %% ../nbs/04_reward.ipynb #3ab4713e
@@ -592,27 +593,30 @@ def train_reward_trainer(rm: RewardModel, tokenizer, train_pairs, eval_pairs=Non
         raise ValueError("RewardConfig.deepspeed is set but DeepSpeed is not installed: pip install deepspeed")
     train_pairs = check_pairs(train_pairs, "train_pairs")
     if eval_pairs is not None: eval_pairs = check_pairs(eval_pairs, "eval_pairs")
+    if config.linear_probe: fit_reward_head(rm, tokenizer, train_pairs, config.probe_C, config.max_length, config.eval_batch_size)
     total = config.total_steps(len(train_pairs))
-    args = TrainingArguments(
-        output_dir=config.output_dir or tempfile.mkdtemp(prefix="reward-trainer-"), max_steps=total,
-        per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.eval_batch_size,
-        gradient_accumulation_steps=config.grad_accum, learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm or 0.0,
-        warmup_steps=config.warmup_steps(total), lr_scheduler_type="cosine", logging_steps=config.log_every,
-        eval_strategy="steps" if eval_pairs is not None else "no", eval_steps=config.eval_every or total,
-        save_strategy="no", bf16=config.bf16, deepspeed=config.deepspeed, seed=config.seed, data_seed=config.seed,
-        report_to="none", remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=True,
-        use_cpu=config.device == "cpu")
-    trainer = _trainer_class()(model=rm, args=args, train_dataset=train_pairs, eval_dataset=eval_pairs,
-                               data_collator=PairwiseCollator(prepare_reward_tokenizer(tokenizer), config.max_length))
-    trainer.margin = config.margin
-    trainer.train()
-    rm.eval()
     history = dict(step=[], train_loss=[], eval_loss=[], learning_rate=[])
-    for row in trainer.state.log_history:
-        if "loss" in row or "eval_loss" in row:
-            history["step"].append(row["step"]); history["train_loss"].append(row.get("loss"))
-            history["eval_loss"].append(row.get("eval_loss")); history["learning_rate"].append(row.get("learning_rate"))
+    if total:                                                           # 0: the probe alone
+        args = TrainingArguments(
+            output_dir=config.output_dir or tempfile.mkdtemp(prefix="reward-trainer-"), max_steps=total,
+            per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.eval_batch_size,
+            gradient_accumulation_steps=config.grad_accum, learning_rate=config.learning_rate,
+            weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm or 0.0,
+            warmup_steps=config.warmup_steps(total), lr_scheduler_type="cosine", logging_steps=config.log_every,
+            eval_strategy="steps" if eval_pairs is not None else "no", eval_steps=config.eval_every or total,
+            save_strategy="no", bf16=config.bf16, deepspeed=config.deepspeed, seed=config.seed, data_seed=config.seed,
+            report_to="none", remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=True,
+            use_cpu=config.device == "cpu")
+        trainer = _trainer_class()(model=rm, args=args, train_dataset=train_pairs, eval_dataset=eval_pairs,
+                                   data_collator=PairwiseCollator(prepare_reward_tokenizer(tokenizer), config.max_length,
+                                                                  with_prompt=rm.with_prompt))   # what the model reads
+        trainer.margin = config.margin
+        trainer.train()
+        for row in trainer.state.log_history:
+            if "loss" in row or "eval_loss" in row:
+                history["step"].append(row["step"]); history["train_loss"].append(row.get("loss"))
+                history["eval_loss"].append(row.get("eval_loss")); history["learning_rate"].append(row.get("learning_rate"))
+    rm.eval()
     if eval_pairs is not None:
         ev = evaluate_reward(rm, tokenizer, eval_pairs, config.eval_batch_size, config.max_length, config.margin)
         history.update(eval_acc=ev["accuracy"], eval_ci_low=ev["ci_low"], eval_ci_high=ev["ci_high"], eval_margin=ev["mean_margin"])

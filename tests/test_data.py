@@ -58,7 +58,7 @@ def test_skip_mode_counts_and_reports(tmp_path):
     p = write_jsonl(tmp_path / "prefs.jsonl", [GOOD, {"chosen": GOOD["chosen"], "rejected": ""}, GOOD,
                                                {"chosen": "no turns", "rejected": "at all"}])
     with pytest.warns(UserWarning, match="skipped 2 of 4 records"):
-        ds = load_preferences(str(p), on_error="skip")
+        ds = load_preferences(str(p), "all", on_error="skip")
     assert len(ds) == 2 and "2 records kept, 2 skipped" in ds.info.description
 
 
@@ -79,21 +79,35 @@ def test_local_formats(tmp_path, fmt):
     else:
         with open(p, "w", newline="") as f:
             w = csv.DictWriter(f, ["chosen", "rejected"]); w.writeheader(); w.writerows(recs)
-    ds = load_preferences(str(p))
+    ds = load_preferences(str(p), "all")                 # one file: split="all" is every record
     assert ds.column_names == ["prompt", "chosen", "rejected"]
     assert ds[1] == {"prompt": "\n\nHuman: 2+2?\n\nAssistant:", "chosen": " 4", "rejected": " 5"}
-    assert load_sft(str(p))[0] == {"prompt": "\n\nHuman: Is tea healthy?\n\nAssistant:", "response": " In moderation, yes."}
-    assert list(load_prompts(str(p))["prompt"]) == ["\n\nHuman: Is tea healthy?\n\nAssistant:", "\n\nHuman: 2+2?\n\nAssistant:"]
+    assert load_sft(str(p), "all")[0] == {"prompt": "\n\nHuman: Is tea healthy?\n\nAssistant:", "response": " In moderation, yes."}
+    assert list(load_prompts(str(p), "all")["prompt"]) == ["\n\nHuman: Is tea healthy?\n\nAssistant:", "\n\nHuman: 2+2?\n\nAssistant:"]
 
+
+def test_one_local_file_is_split_by_prompt_not_returned_twice(tmp_path):
+    "A local file has no splits of its own: train and test are disjoint by prompt (as the sample's), 'all' is everything."
+    prompts = [f"\n\nHuman: question {i}?\n\nAssistant:" for i in range(40)]
+    p = write_jsonl(tmp_path / "mine.jsonl", [dict(prompt=q, chosen=" yes", rejected=" no") for q in prompts for _ in (0, 1)])
+    tr, te = load_preferences(str(p), "train"), load_preferences(str(p), "test")
+    assert len(tr) + len(te) == 80 and len(te) > 0 and not set(tr["prompt"]) & set(te["prompt"])
+    assert sorted(set(load_sft(str(p), "test")["prompt"])) == sorted(set(te["prompt"]))
+    assert sorted(load_prompts(str(p), "test")["prompt"]) == sorted(set(te["prompt"]))     # distinct prompts, once each
+    q = write_jsonl(tmp_path / "prompts.jsonl", [dict(prompt=x) for x in prompts for _ in (0, 1, 2)])
+    assert len(load_prompts(str(q), "all")) == 40                                        # a prompt file: each prompt once
+    other = "train" if prompt_split(prompts[0]) == "test" else "test"                     # the split its one prompt is not in
+    with pytest.raises(ValueError, match=f"none of its 1 records falls in the '{other}' split"):
+        load_preferences(str(write_jsonl(tmp_path / "one.jsonl", [dict(prompt=prompts[0], chosen=" a", rejected=" b")])), other)
 
 def test_adapters_detected_from_fields(tmp_path):
     shp = {"history": "Best pizza topping?", "human_ref_A": "Basil.", "human_ref_B": "Pineapple.", "labels": 1}
     cmp_ = {"info": {"post": "Long post", "title": "T", "subreddit": "s"},
             "summaries": [{"text": "a"}, {"text": "b"}], "choice": 0}
     sft = {"prompt": "POST: p\nTL;DR:", "label": "short"}
-    assert load_preferences(str(write_jsonl(tmp_path / "shp.jsonl", [shp])))[0]["chosen"] == " Basil."
-    assert load_preferences(str(write_jsonl(tmp_path / "cmp.jsonl", [cmp_])))[0]["rejected"] == " b"
-    assert load_sft(str(write_jsonl(tmp_path / "tldr.jsonl", [sft])))[0]["response"] == " short"
+    assert load_preferences(str(write_jsonl(tmp_path / "shp.jsonl", [shp])), "all")[0]["chosen"] == " Basil."
+    assert load_preferences(str(write_jsonl(tmp_path / "cmp.jsonl", [cmp_])), "all")[0]["rejected"] == " b"
+    assert load_sft(str(write_jsonl(tmp_path / "tldr.jsonl", [sft])), "all")[0]["response"] == " short"
 
 
 def test_missing_file_and_unsupported_type(tmp_path):

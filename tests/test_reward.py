@@ -209,6 +209,33 @@ def test_train_reward_learns_a_preference_from_data():
         assert len(hist[k]) == len(hist["step"])
 
 
+def test_fit_reward_bias_centres_what_a_response_only_model_reads():
+    "A response-only reward model is normalised on the responses alone, as it is trained, evaluated and used in PPO."
+    rm = RewardModel(tiny_model("gpt2", TOK, d=32), TOK, with_prompt=False).eval()
+    torch.nn.init.normal_(rm.v_head.weight, std=1.0); torch.nn.init.constant_(rm.v_head.bias, 5.0)
+    refs = [dict(prompt=p["prompt"], response=p["chosen"]) for p in sample_pairs("test").select(range(24))]
+    fit_reward_bias(rm, TOK, refs, max_length=64)
+    scores = rm.score_texts([r["response"] + TOK.eos_token for r in refs], max_length=64)
+    assert abs(scores.mean().item()) < 1e-4, scores.mean()
+
+
+def test_trainer_path_reads_what_the_model_reads(monkeypatch):
+    "The Trainer path feeds a response-only model the response alone, and fits the probe when linear_probe is set."
+    import open_chatgpt.reward as R
+    from datasets import Dataset
+    seen = []
+    class Recording(R.PairwiseCollator):
+        def __call__(self, records): seen.append(self.with_prompt); return super().__call__(records)
+    monkeypatch.setattr(R, "PairwiseCollator", Recording)
+    rm = RewardModel(tiny_model("gpt2", TOK, d=32, n_layer=1), TOK, with_prompt=False)
+    train = Dataset.from_list(synthetic_pairs(32, 0))
+    train_reward_trainer(rm, TOK, train, None, RewardConfig(max_steps=1, batch_size=8, max_length=32, device="cpu"))
+    assert seen and not any(seen)
+    probe = RewardModel(tiny_model("gpt2", TOK, d=32, n_layer=1), TOK)
+    w0 = probe.v_head.weight.detach().clone()
+    h = train_reward_trainer(probe, TOK, train, None, RewardConfig(linear_probe=True, epochs=0, max_length=32, device="cpu"))
+    assert not torch.equal(probe.v_head.weight, w0) and h["step"] == []          # the probe alone: fitted, no steps
+
 def test_trainer_path_learns_and_saves(tmp_path):
     from datasets import Dataset
     train, test = Dataset.from_list(synthetic_pairs(64, 0)), Dataset.from_list(synthetic_pairs(32, 1))
