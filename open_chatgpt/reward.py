@@ -7,7 +7,7 @@ __all__ = ['POOLINGS', 'RM_CONFIG', 'RM_HEAD', 'pairwise_loss', 'kwise_loss', 'p
            'pool_hidden', 'RewardModel', 'check_pairs', 'wilson_interval', 'margin_accuracy', 'evaluate_reward',
            'RewardConfig', 'train_reward', 'fit_pairwise_logistic', 'reward_features', 'fit_reward_head', 'bow_terms',
            'bow_features', 'length_baseline', 'train_bow', 'bow_baseline', 'plot_reward_history', 'plot_margins',
-           'reward_text', 'set_reward_bias', 'fit_reward_bias', 'train_reward_trainer']
+           'reward_text', 'reward_input', 'set_reward_bias', 'fit_reward_bias', 'train_reward_trainer']
 
 # %% ../nbs/04_reward.ipynb #827f8160
 import json
@@ -23,7 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data import PairwiseCollator, get_tokenizer, is_quick, sample_pairs, sample_sft
+from .data import (PairwiseCollator, format_prompt, format_response, get_tokenizer, is_quick, sample_pairs,
+                               sample_sft, uses_chat_template)
 from .models import hidden_size, last_token_index, model_inputs, resolve_model
 
 # %% ../nbs/04_reward.ipynb #5bf821c1
@@ -492,6 +493,13 @@ def reward_text(prompt: str, response: str, eos: str, ended: bool = True) -> str
     sep = "" if not prompt or not response or response[0].isspace() else " "   # a chat answer has no HH leading space
     return prompt + sep + response + (eos if ended else "")
 
+def reward_input(tokenizer, prompt: str, response: str, ended: bool = True, with_prompt: bool = True) -> str:
+    "The text a reward model with `tokenizer` scores, formatted as `PairwiseCollator` formats its training rows."
+    eos = tokenizer.eos_token or ""
+    if not uses_chat_template(tokenizer): return reward_text(prompt if with_prompt else "", response, eos, ended)
+    p = format_prompt(tokenizer, prompt, chat=True) if with_prompt and prompt else ""   # the chat template's turns
+    return p + format_response(response, chat=True) + (eos if ended else "")           # no HH leading space
+
 def set_reward_bias(rm: RewardModel, raw_scores: torch.Tensor) -> tuple[float, float]:
     "Set `rm.bias` to the mean of `raw_scores` (rewards before any offset), so that they average 0; returns (mean, std)."
     raw = torch.as_tensor(raw_scores, dtype=torch.float32).flatten()
@@ -514,8 +522,7 @@ def fit_reward_bias(rm: RewardModel, tokenizer, prompts, responses: Optional[Seq
     if len(prompts) != len(responses): raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     if len(prompts) < 2: raise ValueError("fit_reward_bias needs at least 2 reference responses to estimate a mean and std")
     if rm.tokenizer is None: rm.tokenizer = prepare_reward_tokenizer(tokenizer)
-    texts = [reward_text(p if rm.with_prompt else "", r, rm.tokenizer.eos_token)              # what the model reads
-             for p, r in zip(prompts, responses)]
+    texts = [reward_input(rm.tokenizer, p, r, with_prompt=rm.with_prompt) for p, r in zip(prompts, responses)]
     return set_reward_bias(rm, rm.score_texts(texts, batch_size, max_length) + rm.bias.item())  # scores before the offset
 
 # %% ../nbs/04_reward.ipynb #3ab4713e

@@ -219,6 +219,22 @@ def test_fit_reward_bias_centres_what_a_response_only_model_reads():
     assert abs(scores.mean().item()) < 1e-4, scores.mean()
 
 
+def test_scoring_text_formats_like_training_for_a_chat_template_reward_model():
+    "reward_model_fn's text path gives a chat-template reward model the rows it was trained on (no HH leading space)."
+    import copy
+    from open_chatgpt.data import PairwiseCollator
+    from open_chatgpt.ppo import reward_model_fn
+    chat = copy.deepcopy(TOK)
+    chat.chat_template = ("{% for m in messages %}{{'<|im_start|>' + m['role'] + '\\n' + m['content'] + eos_token + '\\n'}}"
+                          "{% endfor %}{% if add_generation_prompt %}{{'<|im_start|>assistant\\n'}}{% endif %}")
+    pair = sample_pairs("test")[0]
+    for wp in (True, False):
+        rm = RewardModel(tiny_model("gpt2", TOK, d=32), chat, with_prompt=wp).eval()
+        row = PairwiseCollator(rm.tokenizer, 512, with_prompt=wp)([pair])
+        want = rm(row["input_ids"][:1], row["attention_mask"][:1])
+        got = reward_model_fn(rm, max_length=512)([pair["prompt"]], [pair["chosen"]])          # HH answer: leading space
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
 def test_trainer_path_reads_what_the_model_reads(monkeypatch):
     "The Trainer path feeds a response-only model the response alone, and fits the probe when linear_probe is set."
     import open_chatgpt.reward as R
