@@ -85,7 +85,7 @@ def render(run: Path, name: str, copy_image: bool = True) -> str:
              f"length {ci(b['length'])} | {minutes(sec.get('reward'))} | {rss.get('reward') or 0:.2f} |"]
     if j: lines.append(f"| gold judge (never seen by {algo.upper()}) | held-out accuracy **{ci(j)}**, n={j['n_eval']}; "
                        f"trained once on {j['n_train']} comparisons in {minutes(j['seconds'])}, cached | "
-                       f"{minutes(sec.get('judge'))} (load) | - |")
+                       f"{minutes(sec.get('judge'))} ({'trained in this run' if (sec.get('judge') or 0) >= 0.9 * j['seconds'] else 'load'}) | - |")
     lines += [f"| {algo.upper()} | {s['steps']} steps, evaluated every checkpoint | {minutes(sec.get(algo))} | {rss.get(algo) or 0:.2f} |",
               f"| evaluation | {s['n_eval_prompts']} held-out prompts, sampled answers; best-of-{s['best_of_n'][-1]['n'] if s['best_of_n'] else 1}"
               f"{eval_note(sec)} | {minutes(sec.get('eval'))} | {rss.get('eval') or 0:.2f} |",
