@@ -198,7 +198,8 @@ def load_or_train_judge(train_pairs, eval_pairs, config: JudgeConfig, cache_dir=
             ev = evaluate_reward(rm, rm.tokenizer, eval_pairs, max_length=meta.get("max_length", rcfg.max_length))
             meta.update(accuracy=ev["accuracy"], ci_low=ev["ci_low"], ci_high=ev["ci_high"], n_eval=ev["n"],
                         eval_pairs=pairs_fingerprint(eval_pairs))
-            atomic_write_text(d / "judge.json", json.dumps(meta, indent=2))
+            try: atomic_write_text(d / "judge.json", json.dumps(meta, indent=2))
+            except OSError: pass                                       # a read-only cache: the meta is returned anyway
         log(f"[judge] cached gold judge {d.name}: held-out accuracy {meta['accuracy']:.3f} (trained in {meta['seconds'] / 60:.1f} min)")
         return rm, meta
     log(f"[judge] training the gold judge ({config.backbone}, once per data set; cached in {d})")

@@ -171,7 +171,7 @@ class Critic(nn.Module):
         backbone, head = copy.deepcopy(getattr(backbone, "base_model", backbone)), copy.deepcopy(head)
         offset = float(getattr(rm, "bias", 0.0))             # the normalisation the reward model subtracts (its `bias`)
         if offset:
-            if head.bias is None: head.bias = nn.Parameter(torch.zeros(head.out_features, dtype=head.weight.dtype))
+            if head.bias is None: head.bias = nn.Parameter(head.weight.new_zeros(head.out_features))
             with torch.no_grad(): head.bias -= offset
         # the reward model is frozen (requires_grad=False) while PPO runs; its copy is the critic, which must train
         return cls(backbone, head).requires_grad_(True)
@@ -413,17 +413,23 @@ def sentiment_reward_fn(scale: float = 1.0) -> Callable:
     return reward_fn
 
 # %% ../nbs/06_ppo.ipynb #c20bff38
-def takes_batch(reward_fn: Callable) -> bool:
-    "Whether `reward_fn` takes a third argument, the rollout batch (token-level reward models use it)."
-    try: ps = list(inspect.signature(reward_fn).parameters.values())
-    except (TypeError, ValueError): return True                        # no signature to read (a C function): try it
+def takes_batch(reward_fn: Callable) -> Optional[bool]:
+    "Whether `reward_fn` takes the rollout batch as a third argument (named `batch`, or required); None: cannot tell."
+    target = reward_fn.forward if isinstance(reward_fn, nn.Module) else reward_fn   # a module's __call__ is (*args)
+    try: ps = list(inspect.signature(target).parameters.values())
+    except (TypeError, ValueError): return None                        # no signature to read (a C function)
     positional = [p for p in ps if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in ps)
+    if len(positional) >= 3: return positional[2].name == "batch" or positional[2].default is inspect.Parameter.empty
+    return None if any(p.kind == p.VAR_POSITIONAL for p in ps) else False
 
 def score(reward_fn: Callable, batch: dict, config: Optional[PPOConfig] = None) -> tuple[torch.Tensor, torch.Tensor]:
     "Raw scores (batch,) from `reward_fn`, checked, and the scores PPO uses (missing-EOS penalty applied)."
-    raw = (reward_fn(batch["prompts"], batch["responses"], batch) if takes_batch(reward_fn)   # an error inside it is
-           else reward_fn(batch["prompts"], batch["responses"]))                            # its own: no retry
+    tb = takes_batch(reward_fn)
+    if tb is None:                                           # f(*args): offer the batch, and drop it only if refused
+        try: raw = reward_fn(batch["prompts"], batch["responses"], batch)
+        except TypeError: raw = reward_fn(batch["prompts"], batch["responses"])
+    else: raw = (reward_fn(batch["prompts"], batch["responses"], batch) if tb        # an error inside it is its own:
+                 else reward_fn(batch["prompts"], batch["responses"]))                 # no retry that would hide it
     raw = torch.as_tensor(raw).detach().float().flatten()
     if raw.shape != (len(batch["prompts"]),):
         raise ValueError(f"the reward function returned {tuple(raw.shape)} scores for {len(batch['prompts'])} responses; "
