@@ -7,8 +7,9 @@ __all__ = ['SHOWCASE', 'ALGOS', 'PPO_DEFAULTS', 'GRPO_DEFAULTS', 'DPO_DEFAULTS',
            'REAL_RUN', 'PipelineConfig', 'make_config', 'run_tokenizer', 'load_data', 'eval_prompts', 'history_rows',
            'run_sft', 'normalise_reward', 'run_reward', 'load_proxy', 'load_judge', 'run_judge', 'judges', 'ppo_models',
            'read_curve', 'checkpoint_evaluator', 'answer_rows', 'run_ppo', 'grpo_config', 'run_grpo', 'run_dpo',
-           'policy_answers', 'compare', 'run_eval', 'write_summary', 'build_summary', 'model_config', 'check_config',
-           'format_summary', 'run_pipeline', 'chat', 'build_parser', 'config_from_args', 'main']
+           'qa_probe_results', 'policy_answers', 'compare', 'run_eval', 'write_summary', 'build_summary',
+           'model_config', 'check_config', 'format_summary', 'run_pipeline', 'chat', 'build_parser', 'config_from_args',
+           'main']
 
 # %% ../nbs/10_pipeline.ipynb #853439ce
 import argparse
@@ -28,8 +29,8 @@ from typing import Callable, Optional
 import torch
 
 from .data import get_tokenizer, hh_prompt, is_quick, load_preferences, load_prompts, load_sft
-from .evaluation import (JudgeConfig, best_of_n, load_or_train_judge, plot_overoptimisation, sample_answers,
-                                     summarize_answers, pooled_win_rate)
+from .evaluation import (JudgeConfig, best_of_n, load_or_train_judge, load_qa_probe, paired_flips,
+                                     plot_overoptimisation, pooled_win_rate, qa_accuracy, sample_answers, summarize_answers)
 from .plumbing import (atomic_write_text, context_length, peak_rss_gib, read_metrics, stage_dir,
                                    write_jsonl)
 from .ppo import (PPOConfig, make_ppo_models, plot_dials, reward_critic_problem, reward_model_fn, rollout,
@@ -426,6 +427,26 @@ def _answers_at(stage: Path, step: int) -> dict:
     return dict(responses=[r["response"] for r in rows], prompts=[r["prompt"] for r in rows],
                 scores={k: torch.tensor([r[k] for r in rows]) for k in ("proxy", "gold") if rows and k in rows[0]})
 
+def qa_probe_results(cfg: PipelineConfig, final_policy, tok, gen: PPOConfig, log=print) -> dict:
+    "Chapter 7's QA probe (greedy) for base, SFT and final policy; base and SFT results are reused while their key holds."
+    from open_chatgpt.sft import load_policy
+    out, items = Path(cfg.output_dir), load_qa_probe()
+    try: old = json.loads((out / "eval" / "qa-probe.json").read_text())["policies"]
+    except (OSError, ValueError, KeyError): old = {}
+    res = {}
+    for name, path in (("base", cfg.model), ("sft", str(out / "sft")), ("rl", None)):
+        if name == "base" and path is None: continue
+        key = hashlib.sha1(json.dumps([cfg.model if name == "base" else _stage_info(out / "sft"), items, gen.max_new_tokens,
+                                       gen.max_prompt_length], sort_keys=True, default=str).encode()).hexdigest()
+        if name != "rl" and (old.get(name) or {}).get("key") == key: res[name] = old[name]; continue
+        t0 = time.perf_counter()
+        policy = final_policy if name == "rl" else load_policy(path, tokenizer=tok).eval()
+        res[name] = dict(key=key, **qa_accuracy(policy, tok, gen, items), seconds=time.perf_counter() - t0)
+        log(f"[eval] qa probe, {name}: {res[name]['accuracy']:.3f} of {res[name]['n']} questions in {res[name]['seconds']:.0f}s")
+    flips = {f"{a}_vs_{b}": paired_flips(res[b]["correct"], res[a]["correct"])
+             for a, b in (("rl", "sft"), ("sft", "base"), ("rl", "base")) if a in res and b in res}
+    return dict(policies=res, flips=flips)
+
 def _greedy(policy, tok, messages, gen) -> list[str]:
     return rollout(policy, tok, [hh_prompt(m) for m in messages], gen, do_sample=False)["responses"] if messages else []
 
@@ -496,8 +517,10 @@ def run_eval(cfg: PipelineConfig, log=print) -> dict:
     final = _answers_at(stage, curve[-1]["step"])
     res = compare(ans, curve, final, n)
     tok, gen = get_tokenizer(str(out / "sft")), make_config(PPOConfig, cfg.ppo, **PPO_DEFAULTS)
-    greedy_final = _greedy(load_policy(str(stage / "policy"), tokenizer=tok).eval(), tok, cfg.showcase, gen)
+    final_policy = load_policy(str(stage / "policy"), tokenizer=tok).eval()
+    greedy_final, qa = _greedy(final_policy, tok, cfg.showcase, gen), qa_probe_results(cfg, final_policy, tok, gen, log)
     with stage_dir(out / "eval") as d:
+        atomic_write_text(d / "qa-probe.json", json.dumps(qa, indent=1))
         for name, a in ans.items():
             write_jsonl(answer_rows(a), d / f"answers-{name}.jsonl")
             atomic_write_text(d / f"answers-{name}.json", json.dumps(dict(key=a["key"], n=a["n"], greedy=a["greedy"],
@@ -508,7 +531,7 @@ def run_eval(cfg: PipelineConfig, log=print) -> dict:
             plot_overoptimisation(res["curve"], res["best_of_n"], d / name,
                                   title=f"{cfg.model or 'tiny GPT-2'}, {cfg.algo}, seed {cfg.seed}, {len(final['responses'])} held-out prompts")
         _stage_json(d, "eval", t0, answers={k: dict(seconds=a.get("seconds"), reused=a.get("reused", False)) for k, a in ans.items()})
-    summary = build_summary(cfg, ans, final, res, greedy_final)
+    summary = build_summary(cfg, ans, final, res, greedy_final, qa)
     write_summary(out, summary)
     return summary
 
@@ -529,7 +552,8 @@ def _eval_seconds(info: dict) -> dict:
     return dict(eval=None if this is None else this + known, eval_this_run=this,
                 eval_uncounted=[k for k, v in reused.items() if v is None])   # reused answers whose cost was not recorded
 
-def build_summary(cfg: PipelineConfig, ans: dict, final: dict, res: dict, greedy_final: list) -> dict:
+def build_summary(cfg: PipelineConfig, ans: dict, final: dict, res: dict, greedy_final: list,
+                  qa: Optional[dict] = None) -> dict:
     "Everything the README and `format_summary` report, from a run's stage outputs and its evaluation."
     out, n = Path(cfg.output_dir), max(1, cfg.best_of_n)
     rm_eval = json.loads((out / "reward" / "eval.json").read_text())
@@ -555,7 +579,9 @@ def build_summary(cfg: PipelineConfig, ans: dict, final: dict, res: dict, greedy
                 steps=stages[cfg.algo].get("steps"), samples=samples,
                 seconds={s: v.get("seconds") for s, v in stages.items()} | {"judge": (judge or {}).get("seconds_this_run")}
                         | _eval_seconds(stages["eval"]),
-                peak_rss_gib={s: v.get("peak_rss_gib") for s, v in stages.items()})
+                peak_rss_gib={s: v.get("peak_rss_gib") for s, v in stages.items()},
+                qa_probe=None if qa is None else dict(flips=qa["flips"], policies={   # chapter 7's probe, answers in eval/
+                    k: {x: v[x] for x in ("accuracy", "ci_low", "ci_high", "n")} for k, v in qa["policies"].items()}))
 
 # %% ../nbs/10_pipeline.ipynb #ee58218c
 def model_config(name: str, what: str = "model"):
@@ -624,6 +650,12 @@ def format_summary(s: dict) -> str:
     lines.append(f"{s['algo']} checkpoints: " + ", ".join(
         f"step {c['step']}: sqrtKL {c['sqrt_kl']:.2f} proxy {c['proxy']:+.3f}" + (f" gold {c['gold']:+.3f}" if "gold" in c else "")
         for c in s["curve"]))
+    if s.get("qa_probe"):
+        q, names = s["qa_probe"], dict(base="base", sft="SFT", rl=s["algo"].upper())
+        lines.append("qa probe (short factual questions, greedy; no reward model saw them): " + "; ".join(
+            f"{names[k]} {v['accuracy']:.3f} (95% CI {v['ci_low']:.3f}-{v['ci_high']:.3f}, n={v['n']})" for k, v in q["policies"].items()) + "; " + "; ".join(
+            f"{k.replace('rl', names['rl']).replace('_vs_', ' vs ')}: +{f['gained']} -{f['lost']} (sign test p={f['p_value']:.2g})"
+            for k, f in q["flips"].items()))
     for x in s["samples"]:
         lines += [f"\n[{x['kind']}] prompt: ...{x['prompt'][-70:]!r}", f"  SFT: {x['sft'][:100]!r}", f"  {s['algo'].upper()}: {x['rl'][:100]!r}"]
     return "\n".join(lines)

@@ -51,6 +51,14 @@ def plot(runs: dict, path: Path, title: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True); fig.savefig(path, dpi=110); plt.close(fig)
 
 
+def qa_cell(s: dict) -> str:
+    "Chapter 7's QA probe: the SFT policy's accuracy, the algorithm's, and the questions gained / lost ('-' in older runs)."
+    q = s.get("qa_probe")
+    if not q or "rl_vs_sft" not in q["flips"]: return "-"
+    f, p = q["flips"]["rl_vs_sft"], q["policies"]
+    return f"{p['sft']['accuracy']:.2f} -> {p['rl']['accuracy']:.2f} (+{f['gained']} / -{f['lost']})"
+
+
 def render(run: Path, draw: bool = True) -> str:
     runs = load(run)
     any_ = next(iter(runs.values()))
@@ -62,22 +70,22 @@ def render(run: Path, draw: bool = True) -> str:
              + f"; measured on {machine()}."
              + "".join(f" {a.upper()}:{load_note(s)}" for a, s in runs.items() if s.get("load_avg")) + " "
              + (f"Gold judge held-out accuracy {ci(j)}." if j else ""), "",
-             "| algorithm | gold win rate vs SFT (95% CI) | gold score - SFT | proxy score - SFT | KL to SFT (nats) | answers that end | length | steps | training steps | stage wall time | peak RSS (GiB) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| algorithm | gold win rate vs SFT (95% CI) | gold score - SFT | proxy score - SFT | KL to SFT (nats) | answers that end | length | QA probe, SFT -> algorithm (gained / lost) | steps | training steps | stage wall time | peak RSS (GiB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for algo, s in runs.items():
         p, sft = s["policies"][algo], s["policies"]["sft"]
         w = (s["win_rates"].get("gold") or {}).get("rl_vs_sft")
         d = lambda k: "-" if k not in p or k not in sft else f"{p[k] - sft[k]:+.3f}"
         kl = "-" if p.get("kl") is None else f"{p['kl']:.2f}"
         lines.append(f"| {algo.upper()} | {ci(w) if w else '-'} | {d('gold')} | {d('proxy')} | {kl} | "
-                     f"{p['eos_frac']:.2f} | {p['length']:.1f} | {s['steps']} | {minutes(train_seconds(run, algo))} | "
+                     f"{p['eos_frac']:.2f} | {p['length']:.1f} | {qa_cell(s)} | {s['steps']} | {minutes(train_seconds(run, algo))} | "
                      f"{minutes(s['seconds'].get(algo))} | "
                      f"{s['peak_rss_gib'].get(algo) or 0:.2f} |")
     bon = any_["best_of_n"]
     if bon:
         b = bon[-1]
         lines.append(f"| best-of-{b['n']} (no training) | - | {b['gold'] - bon[0]['gold']:+.3f} | {b['proxy'] - bon[0]['proxy']:+.3f} | "
-                     f"{b['kl']:.2f} | - | - | - | - | - | - |")
+                     f"{b['kl']:.2f} | - | - | - | - | - | - | - |")
     if draw: plot(runs, ROOT / "nbs" / "images" / "compare.png", f"{len(runs)} algorithms, seed {any_['seed']}, {any_['n_eval_prompts']} prompts")
     lines += ["", "*Training steps* is the sum of the optimisation steps' times (`time/step` in each stage's metrics.jsonl); "
               "*stage wall time* adds the evaluation of every checkpoint on the held-out prompts (the curve) and "

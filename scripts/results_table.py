@@ -109,6 +109,14 @@ def render(run: Path, name: str, copy_image: bool = True) -> str:
                "interval on the effective number of prompts, `pooled_win_rate`" if pooled else "ties count 1/2; 95% Wilson interval")
         lines += ["", f"Gold-judge win rates ({how}): " +
                   "; ".join(f"**{label[k]} {ci(w)}**" for k, w in wr.items()) + "."]
+    q = s.get("qa_probe")
+    if q:                                                   # chapter 7's probe: questions no reward model saw
+        who = dict(base="untouched base model", sft="start" if no_sft else "SFT", rl=algo.upper())
+        lines += ["", f"QA probe (chapter 7: {q['policies'][next(iter(q['policies']))]['n']} short factual questions that no "
+                  "reward model saw, greedy answers, correct when an accepted answer appears as a word): " +
+                  "; ".join(f"**{who[k]} {ci(v)}**" for k, v in q["policies"].items()) + ". Paired, questions gained / lost: " +
+                  "; ".join(f"{who[k.split('_vs_')[0]]} vs {who[k.split('_vs_')[1]]} +{f['gained']} / -{f['lost']} "
+                            f"(sign test p = {f['p_value']:.2g})" for k, f in q["flips"].items()) + "."]
     if s["best_of_n"]:
         lines += ["", f"| best-of-n from the {'start' if no_sft else 'SFT'} policy (picked by the proxy) | " + " | ".join(f"n={x['n']}" for x in s["best_of_n"]) + " |",
                   "|---|" + "---|" * len(s["best_of_n"]),

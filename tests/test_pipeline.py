@@ -155,7 +155,11 @@ def test_every_algo_on_the_same_run_and_the_comparison_table(done, tmp_path):
     for r in rows:                                               # the steps' own time, from each stage's metrics.jsonl
         algo = r.split("|")[1].strip().lower()
         steps_s = sum(x["time/step"] for x in read_metrics(run / algo / "metrics.jsonl"))
-        assert r.split("|")[9].strip() == f"{steps_s / 60:.1f} min"
+        assert r.split("|")[10].strip() == f"{steps_s / 60:.1f} min"
+        q = json.loads((run / f"summary-{algo}.json").read_text())["qa_probe"]   # the QA probe, SFT -> this algorithm
+        f = q["flips"]["rl_vs_sft"]
+        assert r.split("|")[8].strip() == (f"{q['policies']['sft']['accuracy']:.2f} -> {q['policies']['rl']['accuracy']:.2f} "
+                                           f"(+{f['gained']} / -{f['lost']})"), r
     other = tmp_path / "seed1"; shutil.copytree(run, other)              # a second seed: each algorithm's spread
     for f in other.glob("summary-*.json"):
         s = json.loads(f.read_text()); s["seed"] = 1; s["win_rates"]["gold"]["rl_vs_sft"]["win_rate"] = 0.25
@@ -188,6 +192,7 @@ def test_no_sft_starts_rl_from_the_base_model(tmp_path):
     table = subprocess.run([sys.executable, "scripts/results_table.py", str(out), "--dry-run"], capture_output=True,
                            text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stdout
     assert "| SFT | none (the base model) |" in table and "| start (the base model, no SFT) |" in table
+    assert "QA probe (chapter 7: 99 short factual questions" in table and "PPO vs start +" in table
 
 
 def test_seed_table_reports_each_seed_and_the_spread(done, tmp_path):
