@@ -79,16 +79,18 @@ def rlhf_memory(
     precision: str = "bf16",
     offload_optimizer: bool = False,
     offload_params: bool = False,
+    shard_frozen: bool = True,       # False: reference and reward model whole on every GPU (scripts/train_ppo.py)
 ) -> dict[str, MemoryEstimate]:
     "Per-GPU memory of PPO's four models: actor and critic trained, reference and reward frozen (16-bit)."
     critic_params = actor_params if critic_params is None else critic_params
     frozen_precision = "fp32" if precision == "fp32" else "fp16"
     kw = dict(n_gpus=n_gpus, stage=stage, offload_params=offload_params)
+    fkw = kw if shard_frozen else dict(n_gpus=n_gpus, stage=0)   # unsharded frozen models are neither split nor offloaded
     return dict(
         actor=zero_memory(actor_params, precision=precision, offload_optimizer=offload_optimizer, **kw),
         critic=zero_memory(critic_params, precision=precision, offload_optimizer=offload_optimizer, **kw),
-        reference=zero_memory(actor_params, precision=frozen_precision, trainable=False, **kw),
-        reward=zero_memory(critic_params, precision=frozen_precision, trainable=False, **kw))
+        reference=zero_memory(actor_params, precision=frozen_precision, trainable=False, **fkw),
+        reward=zero_memory(critic_params, precision=frozen_precision, trainable=False, **fkw))
 
 def total_gb(estimates: dict[str, MemoryEstimate]) -> float:
     "Sum of the GPU memory of several models' estimates, in GB."
@@ -106,6 +108,7 @@ def pick_zero(
     precision: str = "bf16",
     headroom: float = 0.3,               # share of each GPU kept free for activations and buffers
     cpu_gb_per_gpu: float = 128,         # CPU RAM each GPU's process may fill with offloaded states, GB
+    shard_frozen: bool = True,           # False: the frozen models whole on every GPU, as scripts/train_ppo.py holds them
 ) -> dict:
     "The first ZeRO setting of `ZERO_LADDER` whose states fit `(1 - headroom) * gpu_gb` per GPU (and the CPU RAM)."
     budget = (1 - headroom) * gpu_gb
@@ -113,7 +116,7 @@ def pick_zero(
         if critic_params == 0:
             ests = dict(model=zero_memory(actor_params, n_gpus, stage, precision, offload_optimizer=off_opt,
                                           offload_params=off_par))
-        else: ests = rlhf_memory(actor_params, critic_params, n_gpus, stage, precision, off_opt, off_par)
+        else: ests = rlhf_memory(actor_params, critic_params, n_gpus, stage, precision, off_opt, off_par, shard_frozen)
         need, cpu = total_gb(ests), sum(e.cpu for e in ests.values()) / GB
         if need <= budget and cpu <= cpu_gb_per_gpu:
             return dict(stage=stage, offload_optimizer=off_opt, offload_params=off_par, gb_per_gpu=round(need, 2),
@@ -169,6 +172,7 @@ def write_ds_configs(out_dir: Union[str, Path]) -> list[Path]:
 def resolve_config(config: Union[str, Path, dict], micro_batch_size: int, grad_accum: int = 1,
                    gradient_clipping: float = 1.0, precision: str = "fp32", configs_dir: Union[str, Path, None] = None) -> dict:
     "A DeepSpeed config (a dict, a JSON path, or a `DS_CONFIGS` name) with every \"auto\" filled, for `deepspeed.initialize`."
+    where = f"DeepSpeed config {config}" if isinstance(config, (str, Path)) else "the DeepSpeed config"
     if isinstance(config, (str, Path)) and str(config) in DS_CONFIGS: config = ds_config(**DS_CONFIGS[str(config)])
     elif isinstance(config, (str, Path)):
         if not Path(config).exists():
@@ -176,12 +180,21 @@ def resolve_config(config: Union[str, Path, dict], micro_batch_size: int, grad_a
         config = json.loads(Path(config).read_text())
     cfg = json.loads(json.dumps(config))  # a deep copy
     if precision not in ("bf16", "fp16", "fp32"): raise ValueError(f"precision must be bf16, fp16 or fp32, got {precision!r}")
+    def agree(key, theirs, ours, flag):   # an explicit value must be the script's own: the script counts steps and rows
+        if theirs != "auto" and theirs != ours:
+            raise ValueError(f"{where} sets {key} = {theirs!r} but the script runs with {ours!r}; set it to \"auto\" "
+                             f"or pass the matching {flag}")
     for p in ("bf16", "fp16"):
-        if cfg.get(p, {}).get("enabled") == "auto" or precision == "fp32": cfg.setdefault(p, {})["enabled"] = precision == p
-    for key, value in (("train_micro_batch_size_per_gpu", micro_batch_size), ("gradient_accumulation_steps", grad_accum),
-                       ("gradient_clipping", gradient_clipping)):
-        if cfg.get(key, "auto") == "auto": cfg[key] = value
-    cfg.pop("train_batch_size", None)  # DeepSpeed derives it from micro batch x accumulation x world size
+        agree(f"{p}.enabled", cfg.get(p, {}).get("enabled", "auto"), precision == p, "--bf16 / --fp16 flag")
+        cfg.setdefault(p, {})["enabled"] = precision == p
+    for key, value, flag in (("train_micro_batch_size_per_gpu", micro_batch_size, "batch size"),
+                             ("gradient_accumulation_steps", grad_accum, "accumulation"),
+                             ("gradient_clipping", gradient_clipping, "clipping")):
+        agree(key, cfg.get(key, "auto"), value, flag)
+        cfg[key] = value
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    agree("train_batch_size", cfg.pop("train_batch_size", "auto"), micro_batch_size * grad_accum * world,
+          "batch size (micro batch x accumulation x GPUs)")   # DeepSpeed derives it from the three
     zero = cfg.get("zero_optimization", {})
     for k in [k for k, v in zero.items() if v == "auto"]: zero.pop(k)  # DeepSpeed's defaults
     return cfg

@@ -40,7 +40,10 @@ def step_clock():
     "A TrainerCallback that records the time at the end of each optimizer step (after the GPU's queue drains)."
     from transformers import TrainerCallback
     class StepClock(TrainerCallback):
-        def __init__(self): self.times = []
+        def __init__(self): self.start, self.times = None, []
+        def on_train_begin(self, args, state, control, **kw):    # after the Trainer built the DeepSpeed engine
+            if torch.cuda.is_available(): torch.cuda.synchronize()
+            self.start = time.perf_counter()
         def on_step_end(self, args, state, control, **kw):
             if torch.cuda.is_available(): torch.cuda.synchronize()
             self.times.append(time.perf_counter())
@@ -51,7 +54,7 @@ def main(argv=None):
     args = parse_args(argv)
     from open_chatgpt.data import SFTCollator, get_tokenizer, sample_sft
     from open_chatgpt.distributed import GB, build_model, ds_config, DS_CONFIGS, peak_memory_gb, setup_distributed
-    from open_chatgpt.sft import SFTConfig, train_sft_trainer
+    from open_chatgpt.sft import SFTConfig, filter_sft, train_sft_trainer
     cpu = args.cpu or not torch.cuda.is_available()
     if args.bf16 and cpu: raise SystemExit("--bf16 needs a GPU; CPU mode trains in fp32")
     model_config = args.model_config or ("tiny" if cpu else "opt-125m")
@@ -60,6 +63,8 @@ def main(argv=None):
     # ---- process group (the Trainer reuses it) ----
     dist = setup_distributed(cpu=cpu)
     rank, world = dist["rank"], dist["world_size"]
+    if args.deepspeed not in DS_CONFIGS and not Path(args.deepspeed).is_file():
+        raise SystemExit(f"--deepspeed {args.deepspeed}: give a JSON file or one of {list(DS_CONFIGS)}")
     ds = ds_config(**DS_CONFIGS[args.deepspeed]) if args.deepspeed in DS_CONFIGS else args.deepspeed
     if cpu and isinstance(ds, str): ds = json.loads(Path(ds).read_text())
     if cpu:  # fp32 on CPU: no bf16/fp16 in the DeepSpeed config
@@ -70,8 +75,10 @@ def main(argv=None):
     model = build_model(model_config, tok, seed=args.seed, max_positions=max(512, max_length))
     n_params = sum(p.numel() for p in model.parameters())
     n_examples = args.max_steps * batch_size * args.grad_accum * world
-    train_ds = sample_sft("train")
-    train_ds = train_ds.select([i % len(train_ds) for i in range(min(n_examples, len(train_ds)))])
+    with warnings.catch_warnings():      # keep only the demonstrations the Trainer trains on, so every row counted is used
+        warnings.simplefilter("ignore", UserWarning)
+        train_ds = filter_sft(sample_sft("train"), tok, max_length)
+    train_ds = train_ds.select([i % len(train_ds) for i in range(n_examples)])
     out = Path(args.output_dir or tempfile.mkdtemp(prefix="train-sft-"))
     config = SFTConfig(learning_rate=args.lr, max_steps=args.max_steps, batch_size=batch_size, grad_accum=args.grad_accum,
                        max_length=max_length, eval_every=0, log_every=max(1, args.max_steps // 10), seed=args.seed,
@@ -92,13 +99,16 @@ def main(argv=None):
     if engine is None: raise RuntimeError("the Trainer did not use DeepSpeed; check --deepspeed")
     stage = engine.zero_optimization_stage()
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
-    lengths = SFTCollator(tok, max_length)([train_ds[i] for i in range(min(64, len(train_ds)))])["attention_mask"].sum(1)
-    samples = args.max_steps * batch_size * args.grad_accum * world
+    collate = SFTCollator(tok, max_length)                         # the tokens the model saw: every selected row, no padding
+    tokens = sum(int(collate([train_ds[j] for j in range(i, min(i + 64, len(train_ds)))])["attention_mask"].sum())
+                 for i in range(0, len(train_ds), 64))
+    samples = len(train_ds)
+    train_seconds = clock.times[-1] - clock.start if clock.times and clock.start else seconds   # the loop, not the set-up
     metrics = dict(script="train_sft", path="hf-trainer", deepspeed=str(args.deepspeed), zero_stage=stage,
                    model_config=model_config, n_params=n_params, world_size=world, device=dist["device"].type,
                    precision="bf16" if args.bf16 else "fp32", steps=trainer.state.global_step,
-                   batch_size_per_process=batch_size, seconds=seconds, samples_per_second=samples / seconds,
-                   tokens_per_second=samples * float(lengths.float().mean()) / seconds,
+                   batch_size_per_process=batch_size, seconds=train_seconds, setup_seconds=seconds - train_seconds,
+                   samples_per_second=samples / train_seconds, tokens_per_second=tokens / train_seconds,
                    # steady state: steps 2..N, without the set-up and the first step (allocator, kernel selection)
                    steady_samples_per_second=(len(clock.times) - 1) * batch_size * args.grad_accum * world
                    / (clock.times[-1] - clock.times[0]) if len(clock.times) > 1 else None,

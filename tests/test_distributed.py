@@ -74,6 +74,23 @@ def test_sft_script_cpu_zero2(tmp_path):
     assert (m["zero_stage"], m["steps"], m["world_size"], m["device"], m["path"]) == (2, 2, 1, "cpu", "hf-trainer")
     assert m["last_loss"] == m["last_loss"] and m["samples_per_second"] > 0   # finite loss, measured throughput
     assert 0 < m["steady_samples_per_second"] < float("inf")                  # steps 2..N timed by the step clock
+    # throughput counts what the model saw: every row fits (filtered first), tokens without padding, the loop's time only
+    import warnings
+    from open_chatgpt.data import SFTCollator, get_tokenizer, sample_sft
+    from open_chatgpt.sft import filter_sft
+    tok = get_tokenizer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rows = filter_sft(sample_sft("train"), tok, 64).select(range(2 * 4))     # --max-steps 2, CPU batch 4, max_length 64
+    tokens = int(SFTCollator(tok, 64)([rows[i] for i in range(len(rows))])["attention_mask"].sum())
+    assert abs(m["samples_per_second"] * m["seconds"] - 8) < 1e-6
+    assert abs(m["tokens_per_second"] * m["seconds"] - tokens) < 1e-6 and m["setup_seconds"] > 0
+
+
+def test_sft_script_names_a_bad_config(tmp_path):
+    p = subprocess.run([sys.executable, str(REPO / "scripts" / "train_sft.py"), "--cpu", "--deepspeed", "zero1"],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert p.returncode != 0 and "give a JSON file or one of" in p.stderr
 
 
 @needs_ds
