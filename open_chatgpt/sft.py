@@ -100,7 +100,7 @@ def check_causal_lm(model) -> None:
         raise ValueError(f"{problem}. SFT needs a decoder-only causal LM (GPT-2, OPT, Pythia/GPT-NeoX, BLOOM, GPT-J, "
                          "Llama...): load one with load_policy(name_or_path), or build the default with tiny_policy(tokenizer)")
 
-from .models import prepare_tokenizer  # pad token = eos when missing; every family quirk lives in chapter 2
+from .models import prepare_model, prepare_tokenizer  # pad token = eos when missing; family quirks: chapter 2
 
 def set_special_ids(model, tokenizer):
     "Copy `tokenizer`'s pad/eos ids into `model.config` and its generation config where they are missing."
@@ -154,7 +154,7 @@ def load_policy(name_or_path: str, tokenizer=None, dtype=None, lora: Union[LoraS
         prepare_tokenizer(tokenizer)
         if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
             model.resize_token_embeddings(len(tokenizer))  # the tokenizer gained tokens (e.g. a new pad token)
-        set_special_ids(model, tokenizer)
+        prepare_model(model, tokenizer)       # pad and EOS (the end-of-turn token of a chat model) in its configs
     if lora is not None: model = add_lora(model, lora)
     return model
 
