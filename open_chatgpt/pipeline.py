@@ -4,15 +4,16 @@
 
 # %% auto #0
 __all__ = ['SHOWCASE', 'ALGOS', 'PPO_DEFAULTS', 'GRPO_DEFAULTS', 'DPO_DEFAULTS', 'RL_STAGES', 'JUDGE', 'DEMO', 'QUICK_RUN',
-           'REAL_RUN', 'PipelineConfig', 'make_config', 'run_tokenizer', 'load_data', 'eval_prompts', 'history_rows',
-           'run_sft', 'normalise_reward', 'run_reward', 'load_proxy', 'load_judge', 'run_judge', 'judges', 'ppo_models',
-           'read_curve', 'checkpoint_evaluator', 'answer_rows', 'run_ppo', 'grpo_config', 'run_grpo', 'run_dpo',
-           'qa_probe_results', 'policy_answers', 'compare', 'run_eval', 'write_summary', 'build_summary',
-           'model_config', 'check_config', 'format_summary', 'run_pipeline', 'chat', 'build_parser', 'config_from_args',
-           'main']
+           'REAL_RUN', 'PipelineConfig', 'make_config', 'run_tokenizer', 'sft_eval_data', 'load_data', 'eval_prompts',
+           'rl_settings', 'history_rows', 'run_sft', 'normalise_reward', 'run_reward', 'load_proxy', 'load_judge',
+           'run_judge', 'judges', 'ppo_models', 'read_curve', 'checkpoint_evaluator', 'answer_rows', 'run_ppo',
+           'grpo_config', 'run_grpo', 'run_dpo', 'qa_probe_results', 'policy_answers', 'compare', 'run_eval',
+           'write_summary', 'build_summary', 'model_config', 'check_config', 'format_summary', 'run_pipeline', 'chat',
+           'build_parser', 'config_from_args', 'main']
 
 # %% ../nbs/10_pipeline.ipynb #853439ce
 import argparse
+import ast
 import copy
 import hashlib
 import json
@@ -96,11 +97,19 @@ def _set(self, assignment: str) -> "PipelineConfig":
     if "=" not in assignment: raise ValueError(f"--set expects key=value, got {assignment!r}")
     key, raw = assignment.split("=", 1)
     try: value = json.loads(raw)
-    except json.JSONDecodeError: value = raw
-    if "." in key:
-        stage, sub = key.split(".", 1)
-        return self.update({stage: {sub: value}})
-    return self.update({key: value})
+    except json.JSONDecodeError:
+        try: value = ast.literal_eval(raw)             # Python spellings: False, None, .0001, {'r': 8}
+        except (ValueError, SyntaxError): value = raw  # a plain string
+    head, *path = key.split(".")
+    if len(path) > 1:                                  # judge.reward.max_length: change one value, keep the rest
+        if head not in {f.name for f in fields(self)}: raise ValueError(f"unknown config key {head!r}")
+        tree = node = copy.deepcopy(getattr(self, head)) if isinstance(getattr(self, head), dict) else {}
+        for part in path[:-1]:
+            if not isinstance(node.get(part, {}), dict): raise ValueError(f"--set {key}: {part!r} is not a dict of settings")
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+        return self.update({head: tree})
+    return self.update({head: {path[0]: value}} if path else {head: value})
 
 PipelineConfig.update, PipelineConfig.set = _update, _set
 
@@ -110,13 +119,22 @@ def make_config(cls, overrides: dict, **defaults):
     names = {f.name for f in fields(cls)}
     bad = [k for k in {**defaults, **overrides} if k not in names]
     if bad: raise ValueError(f"{cls.__name__} has no field(s) {bad}; valid: {sorted(names)}")
-    return cls(**{**defaults, **overrides})
+    try: return cls(**{**defaults, **overrides})
+    except TypeError as e:                           # e.g. a string where a number belongs
+        raise ValueError(f"{cls.__name__}: a setting has the wrong type ({e}); check the values of --set or the config file") from e
 
 # %% ../nbs/10_pipeline.ipynb #6a67f32c
 def run_tokenizer(cfg: PipelineConfig):
     "The policy's tokenizer: the embedded one, or the `model`'s (EOS = its end-of-turn token for a chat model)."
     from open_chatgpt.models import prepare_tokenizer
     return prepare_tokenizer(get_tokenizer(cfg.model) if cfg.model else get_tokenizer())
+
+def sft_eval_data(cfg: PipelineConfig, log=print):
+    "The held-out demonstrations, or None when a small local file has none in its test split (they only feed a loss)."
+    try: return load_data(cfg, "sft", "test")
+    except ValueError as e:
+        if "falls in the 'test' split" not in str(e): raise
+        log(f"[sft] no held-out demonstrations, so no SFT eval loss: {e}"); return None
 
 def load_data(cfg: PipelineConfig, kind: str, split: str):
     "The data set of `kind` ('pairs', 'sft', 'prompts') for `split`, from the configured sources."
@@ -146,6 +164,13 @@ def _plot_curve(rows: list[dict], keys, path: Path, title: str) -> None:
     if ax.lines: ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100); plt.close(fig)
+
+def rl_settings(cfg: PipelineConfig) -> dict:
+    "What an RL stage's result and its evaluation depend on besides the SFT and reward stages (checked on --resume)."
+    block = {"ppo": None, "dpo": cfg.dpo}.get(cfg.algo, cfg.grpo)             # GRPO/RLOO also sample with PPO's settings
+    return json.loads(json.dumps(dict(algo=cfg.algo, ppo=cfg.ppo, block=block, seed=cfg.seed, data=cfg.data,
+                                      prompts=cfg.prompts, max_records=cfg.max_records, n_eval_prompts=cfg.n_eval_prompts,
+                                      judge=cfg.judge, critic_init=cfg.critic_init, lora=cfg.lora), default=str))
 
 def _stage_json(d: Path, stage: str, t0: float, **extra) -> None:
     atomic_write_text(d / "stage.json", json.dumps(dict(stage=stage, seconds=time.perf_counter() - t0,
@@ -178,7 +203,7 @@ def run_sft(cfg: PipelineConfig, log=print) -> Path:
         return out / "sft"
     if cfg.lora is not None: policy = add_lora(policy, cfg.lora)  # merged back into the weights when saved
     sft_cfg = make_config(SFTConfig, cfg.sft)
-    train_ds, eval_ds = load_data(cfg, "sft", "train"), load_data(cfg, "sft", "test")
+    train_ds, eval_ds = load_data(cfg, "sft", "train"), sft_eval_data(cfg, log)
     log(f"[sft] {sum(p.numel() for p in policy.parameters()) / 1e6:.1f}M-parameter policy, {len(train_ds)} demonstrations")
     history = history_rows(train_sft(policy, tok, train_ds, eval_ds, sft_cfg))
     with stage_dir(out / "sft") as d:
@@ -271,7 +296,8 @@ def run_judge(cfg: PipelineConfig, log=print) -> Optional[dict]:
     "Stage 3: load or train (once, cached) the gold judge; write `output_dir/judge.json`."
     t0 = time.perf_counter()
     judge, meta = load_judge(cfg, log)
-    if judge is None: return None
+    if judge is None:                                  # no judge: an earlier run's judge.json must not be reported
+        (Path(cfg.output_dir) / "judge.json").unlink(missing_ok=True); return None
     info = dict(meta, seconds_this_run=time.perf_counter() - t0, peak_rss_gib=peak_rss_gib())
     atomic_write_text(Path(cfg.output_dir) / "judge.json", json.dumps(info, indent=2))
     return info
@@ -352,7 +378,7 @@ def run_ppo(cfg: PipelineConfig, resume: bool = False, stop_after_steps: Optiona
     if stop_after_steps is not None and len(history) < ppo_cfg.total_steps: return dict(stopped_at=stop_after_steps)
     plot_dials(history, stage / "dials.png", title=f"PPO, {cfg.model or 'tiny GPT-2'}, seed {cfg.seed}")   # chapter 6
     with stage_dir(stage / "policy") as d: _save_model(model.policy, tok, d)
-    _stage_json(stage, "ppo", t0, steps=len(history), config=asdict(ppo_cfg))
+    _stage_json(stage, "ppo", t0, steps=len(history), config=asdict(ppo_cfg), settings=rl_settings(cfg))
     return dict(steps=len(history), seconds=time.perf_counter() - t0)
 
 # %% ../nbs/10_pipeline.ipynb #edff79a1
@@ -366,6 +392,7 @@ def grpo_config(cfg: PipelineConfig):
     algo_defaults = dict(advantage="rloo", scale_rewards="none") if cfg.algo == "rloo" else dict(advantage="grpo")
     return make_config(GRPOConfig, cfg.grpo, **{**GRPO_DEFAULTS, **algo_defaults, "max_new_tokens": gen.max_new_tokens,
                        "max_prompt_length": gen.max_prompt_length, "temperature": gen.temperature,
+                       "top_k": gen.top_k, "top_p": gen.top_p,
                        "missing_eos_penalty": gen.missing_eos_penalty, "seed": cfg.seed,
                        "output_dir": str(Path(cfg.output_dir) / cfg.algo)})
 
@@ -386,7 +413,7 @@ def run_grpo(cfg: PipelineConfig, resume: bool = False, stop_after_steps: Option
                          stop_after_steps=stop_after_steps, on_checkpoint=evaluate)
     if stop_after_steps is not None and len(history) < gcfg.total_steps: return dict(stopped_at=stop_after_steps)
     with stage_dir(stage / "policy") as d: _save_model(policy, tok, d)
-    _stage_json(stage, cfg.algo, t0, steps=len(history), config=asdict(gcfg))
+    _stage_json(stage, cfg.algo, t0, steps=len(history), config=asdict(gcfg), settings=rl_settings(cfg))
     return dict(steps=len(history), seconds=time.perf_counter() - t0)
 
 # %% ../nbs/10_pipeline.ipynb #c6a4cec9
@@ -415,7 +442,7 @@ def run_dpo(cfg: PipelineConfig, resume: bool = False, stop_after_steps: Optiona
     if stop_after_steps is not None and history and history[-1]["step"] < dcfg.total_steps(len(train)):
         return dict(stopped_at=stop_after_steps)
     with stage_dir(stage / "policy") as d: _save_model(policy, tok, d)
-    _stage_json(stage, "dpo", t0, steps=len(history), config=asdict(dcfg))
+    _stage_json(stage, "dpo", t0, steps=len(history), config=asdict(dcfg), settings=rl_settings(cfg))
     return dict(steps=len(history), seconds=time.perf_counter() - t0)
 
 RL_STAGES = dict(ppo=run_ppo, grpo=run_grpo, rloo=run_grpo, dpo=run_dpo)   # algo -> stage function
@@ -515,6 +542,9 @@ def run_eval(cfg: PipelineConfig, log=print) -> dict:
     if not curve or not (stage / "policy").is_dir(): raise ValueError(f"no finished {cfg.algo} stage in {stage}: run it first")
     ans = policy_answers(cfg, log)
     final = _answers_at(stage, curve[-1]["step"])
+    if final["prompts"] != ans["sft"]["prompts"][::n]:                       # win rates pair answers prompt by prompt
+        raise ValueError(f"{stage}'s answers are to other prompts than the SFT answers (the evaluation settings changed "
+                         f"since {cfg.algo} ran): drop --resume to train it again, or give a new -o")
     res = compare(ans, curve, final, n)
     tok, gen = get_tokenizer(str(out / "sft")), make_config(PPOConfig, cfg.ppo, **PPO_DEFAULTS)
     final_policy = load_policy(str(stage / "policy"), tokenizer=tok).eval()
@@ -599,6 +629,11 @@ def model_config(name: str, what: str = "model"):
 
 def check_config(cfg: PipelineConfig) -> None:
     "Fail fast, before any training: every stage's settings, the models and every data source; nothing is written."
+    try: _check_config(cfg)
+    except TypeError as e:                            # e.g. a string where a number belongs: say so, not a traceback
+        raise ValueError(f"a setting has the wrong type ({e}); check the values of --set or the config file") from e
+
+def _check_config(cfg: PipelineConfig) -> None:
     from open_chatgpt.reward import RewardConfig
     from open_chatgpt.sft import SFTConfig
     no_sft = cfg.sft.get("max_steps") == 0                                  # allowed here: no SFT, RL starts from the base
@@ -610,7 +645,14 @@ def check_config(cfg: PipelineConfig) -> None:
     else: ctx = cfg.tiny.get("n_positions", 512)
     if cfg.reward_model: model_config(cfg.reward_model, "reward model")
     if cfg.algo not in ALGOS: raise ValueError(f"algo must be one of {ALGOS}, got {cfg.algo!r}")
-    if cfg.n_eval_prompts < 1 or cfg.best_of_n < 1: raise ValueError("n_eval_prompts and best_of_n must be >= 1")
+    for k in ("n_eval_prompts", "best_of_n", "n_norm_prompts"):
+        v = getattr(cfg, k)
+        if not isinstance(v, int) or isinstance(v, bool) or v < (2 if k == "n_norm_prompts" else 1):
+            raise ValueError(f"{k} must be an integer >= {2 if k == 'n_norm_prompts' else 1}, got {v!r}")
+    if cfg.reward_pooling is not None:
+        from open_chatgpt.reward import POOLINGS
+        if not set(str(cfg.reward_pooling).split("+")) <= set(POOLINGS):
+            raise ValueError(f"reward_pooling must be one of {POOLINGS} or several joined by '+', got {cfg.reward_pooling!r}")
     if cfg.judge is not None:
         jc = make_config(JudgeConfig, cfg.judge)
         if jc.backbone != "tiny": model_config(jc.backbone, "gold judge backbone")
@@ -621,7 +663,9 @@ def check_config(cfg: PipelineConfig) -> None:
         dcfg = make_config(DPOConfig, cfg.dpo, **DPO_DEFAULTS)                 # __post_init__ checks the values
         if ctx is not None and dcfg.max_length > ctx: raise ValueError(f"dpo.max_length ({dcfg.max_length}) exceeds the policy's context ({ctx})")
     for kind in ("pairs", "sft", "prompts"):       # read every data source now, not an hour into the run
-        for split in ("train", "test"): load_data(cfg, kind, split)
+        for split in ("train", "test"):
+            if (kind, split) == ("sft", "test"): sft_eval_data(cfg, log=lambda m: None)   # optional
+            else: load_data(cfg, kind, split)
 
 # %% ../nbs/10_pipeline.ipynb #27033f54
 def _wr(w: dict) -> str:
@@ -664,14 +708,21 @@ def format_summary(s: dict) -> str:
 def run_pipeline(cfg: PipelineConfig, resume: bool = False, stop_after_steps: Optional[int] = None, log=print) -> dict:
     "SFT -> reward model -> gold judge -> RL -> evaluation; with `resume`, finished stages are skipped."
     check_config(cfg)
-    out = Path(cfg.output_dir); out.mkdir(parents=True, exist_ok=True)
+    out = Path(cfg.output_dir)
+    done_before = resume and (out / cfg.algo / "stage.json").exists()
+    if done_before:                                   # a finished stage is reused only with the settings it ran with
+        was, now = _stage_info(out / cfg.algo).get("settings"), rl_settings(cfg)
+        changed = sorted(k for k in set(was or {}) | set(now) if was is not None and was.get(k) != now.get(k))
+        if changed: raise ValueError(f"{out / cfg.algo} ran with other settings ({', '.join(changed)} changed since): drop "
+                                     "--resume to train it again, or give a new -o")
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "pipeline_config.json", json.dumps(asdict(cfg), indent=2))
     t0, load_avg = time.perf_counter(), [round(x, 2) for x in os.getloadavg()[:1]]
     for stage, run in (("sft", run_sft), ("reward", run_reward)):
         if resume and (out / stage / "stage.json").exists(): log(f"[{stage}] reusing {out / stage}")
         else: run(cfg, log)
     run_judge(cfg, log)
-    if not (resume and (out / cfg.algo / "stage.json").exists()):
+    if not done_before:
         done = RL_STAGES[cfg.algo](cfg, resume=resume, stop_after_steps=stop_after_steps, log=log)
         if "stopped_at" in done: return done
     summary = run_eval(cfg, log)
@@ -764,7 +815,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--seed", type=int)
         s.add_argument("--sft-steps", type=int, help="SFT optimizer steps")
         s.add_argument("--rm-steps", type=int, help="reward-model optimizer steps")
-        s.add_argument("--ppo-steps", type=int, help="PPO steps")
+        s.add_argument("--ppo-steps", type=int, help="RL steps: PPO's, GRPO/RLOO's total_steps or DPO's max_steps (--algo)")
         s.add_argument("--algo", choices=ALGOS, help="the RL stage (default ppo)")
         s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override any field, e.g. --set ppo.learning_rate=1e-4 --set sft.batch_size=8")
@@ -786,14 +837,16 @@ def config_from_args(args) -> PipelineConfig:
     if args.config:
         PipelineConfig.from_file(args.config)                       # clear errors for a missing / invalid file
         cfg.update(json.loads(Path(args.config).read_text()))
+    if args.tiny: cfg.update(dict(model=None, reward_model=None, lora=None, data="sample"))   # before the flags: they win
     for flag, key in [("output_dir", "output_dir"), ("model", "model"), ("reward_model", "reward_model"),
                       ("data", "data"), ("sft_data", "sft_data"), ("prompts", "prompts"), ("seed", "seed"),
                       ("max_records", "max_records"), ("algo", "algo")]:
         if getattr(args, flag, None) is not None: cfg.update({key: getattr(args, flag)})
-    if args.tiny: cfg.update(dict(model=None, reward_model=None, lora=None, data="sample"))
     if args.sft_steps is not None: cfg.sft["max_steps"] = args.sft_steps
     if args.rm_steps is not None: cfg.reward["max_steps"] = args.rm_steps
-    if args.ppo_steps is not None: cfg.ppo["total_steps"] = args.ppo_steps
+    if args.ppo_steps is not None:                    # the RL stage's steps, whichever algorithm runs
+        block, key = {"ppo": ("ppo", "total_steps"), "dpo": ("dpo", "max_steps")}.get(cfg.algo, ("grpo", "total_steps"))
+        getattr(cfg, block)[key] = args.ppo_steps
     for a in args.set: cfg.set(a)
     return cfg
 

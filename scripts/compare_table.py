@@ -98,6 +98,10 @@ def render_seeds(runs: list) -> str:
     "Each algorithm over several seeds (one pipeline directory per seed, every --algo run in each): per seed and mean +- sd."
     import statistics
     per = [load(r) for r in runs]
+    missing = [f"{r}/summary-{a}.json" for r, p in zip(runs, per) for a in p if "gold" not in p[a]["win_rates"]]
+    if missing: raise SystemExit(f"no gold judge in {', '.join(missing)}: a seed table needs one")
+    from results_table import check_shared
+    check_shared([next(iter(p.values())) for p in per], runs)
     algos = [a for a in [*ORDER, *sorted({a for p in per for a in p} - set(ORDER))] if all(a in p for p in per)]
     if not algos: raise SystemExit("no algorithm was run in every one of " + ", ".join(map(str, runs)))
     ms = lambda xs, f: f"{f.format(statistics.mean(xs))} ± {f.format(statistics.stdev(xs)).lstrip('+')}" if len(xs) > 1 else f.format(xs[0])

@@ -64,7 +64,28 @@ def eval_note(sec: dict) -> str:
 
 def load_summary(run: Path) -> dict:
     "The PPO run's summary (other algorithms may have run in the same directory afterwards: --algo X --resume)."
-    return json.loads(((run / "summary-ppo.json") if (run / "summary-ppo.json").exists() else (run / "summary.json")).read_text())
+    last = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else None
+    if not (run / "summary-ppo.json").exists():
+        if last is None: raise SystemExit(f"no summary.json in {run}: run the pipeline first")
+        return last
+    s = json.loads((run / "summary-ppo.json").read_text())
+    if last is not None and last.get("sft_answers_key") != s.get("sft_answers_key"):   # SFT/reward retrained since
+        raise SystemExit(f"{run}/summary-ppo.json is from an earlier run in this directory (its SFT answers differ from "
+                         "summary.json's): run `open-chatgpt pipeline --algo ppo --resume` there again, or render another run")
+    return s
+
+
+def check_shared(summaries: list, runs: list) -> None:
+    "Seed runs must share the reward model, the gold judge and the held-out prompts (copied from the first run)."
+    def what(s):
+        rm, j = s["reward_model"], s.get("judge") or {}
+        return dict(reward_model=(rm["accuracy"], rm.get("normalisation")), judge=(j.get("accuracy"), j.get("config")),
+                    prompts=s["n_eval_prompts"])
+    first = what(summaries[0])
+    for s, run in zip(summaries[1:], runs[1:]):
+        diff = [k for k, v in what(s).items() if v != first[k]]
+        if diff: raise SystemExit(f"{run} does not share the {', '.join(diff)} of {runs[0]}: copy its sft/, reward/ and "
+                                  "judge.json before running another seed (README), or render the runs separately")
 
 
 def render(run: Path, name: str, copy_image: bool = True) -> str:
@@ -145,6 +166,7 @@ def render_seeds(runs: list) -> str:
     "One row per seed (each run's summary-ppo.json) and the mean and standard deviation over them."
     import statistics
     rows, seeds, vals = [], [], {k: [] for k in ("win", "gold", "proxy", "kl", "length", "eos_frac")}
+    check_shared([load_summary(r) for r in runs], runs)
     for run in runs:
         s = load_summary(run)
         if "gold" not in s["win_rates"]: raise SystemExit(f"{run}: no gold judge in this run's summary; a seed table needs one")

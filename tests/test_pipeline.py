@@ -227,3 +227,50 @@ def test_results_table_total_of_a_resumed_run_sums_its_stages(done, tmp_path):
     out = subprocess.run([sys.executable, "scripts/results_table.py", str(run), "--dry-run"], capture_output=True,
                          text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stdout
     assert "| **total** | | **36.7 min** | |" in out
+
+
+def test_resume_refuses_a_finished_stage_trained_with_other_settings(done, tmp_path):
+    "--resume reuses a finished RL stage only with the settings it ran with (a new seed would mislabel its summary)."
+    import shutil
+    run = tmp_path / "run"; shutil.copytree(done, run)
+    assert main(["pipeline", "-o", str(run), *TOY, "--resume"]) == 0            # the same settings: reused
+    with pytest.raises(ValueError, match="seed changed since"):
+        from open_chatgpt.pipeline import config_from_args, build_parser, run_pipeline
+        run_pipeline(config_from_args(build_parser().parse_args(["pipeline", "-o", str(run), *TOY, "--seed", "1"])), resume=True)
+
+
+def test_eval_refuses_answers_to_other_prompts(done, tmp_path):
+    "The final policy's answers and the SFT answers are paired prompt by prompt: other prompts are an error, not a number."
+    import shutil
+    from open_chatgpt.pipeline import config_from_args, build_parser, run_eval
+    run = tmp_path / "run"; shutil.copytree(done, run)
+    final = sorted((run / "ppo" / "answers").glob("step-*.jsonl"))[-1]
+    rows = read_metrics(final)
+    final.write_text("".join(json.dumps({**r, "prompt": r["prompt"] + " (another prompt)"}) + "\n" for r in rows))
+    with pytest.raises(ValueError, match="other prompts than the SFT answers"):
+        run_eval(config_from_args(build_parser().parse_args(["pipeline", "-o", str(run), *TOY])), log=lambda m: None)
+
+
+def test_no_judge_removes_an_earlier_judge_json(done, tmp_path):
+    import shutil
+    from open_chatgpt.pipeline import config_from_args, build_parser, run_judge
+    run = tmp_path / "run"; shutil.copytree(done, run)
+    cfg = config_from_args(build_parser().parse_args(["pipeline", "-o", str(run), *TOY, "--set", "judge=null"]))
+    assert run_judge(cfg, log=lambda m: None) is None and not (run / "judge.json").exists()
+
+
+def test_tables_refuse_summaries_that_do_not_belong_together(done, tmp_path):
+    "A summary-ppo.json from before a retrained SFT stage, and seed runs that do not share the reward model."
+    import shutil
+    run = tmp_path / "run"; shutil.copytree(done, run)
+    s = json.loads((run / "summary.json").read_text()); s["sft_answers_key"] = "retrained"
+    (run / "summary.json").write_text(json.dumps(s))
+    p = subprocess.run([sys.executable, "scripts/results_table.py", str(run), "--dry-run"], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert p.returncode != 0 and "from an earlier run" in p.stderr
+    other = tmp_path / "seed1"; shutil.copytree(done, other)
+    s = json.loads((other / "summary-ppo.json").read_text()); s["seed"] = 1; s["reward_model"]["accuracy"] += 0.01
+    for f in ("summary-ppo.json", "summary.json"): (other / f).write_text(json.dumps(s))
+    p = subprocess.run([sys.executable, "scripts/results_table.py", str(done), "--seeds", str(other), "--dry-run"],
+                       capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert p.returncode != 0 and "does not share the reward_model" in p.stderr
