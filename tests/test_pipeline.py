@@ -274,3 +274,16 @@ def test_tables_refuse_summaries_that_do_not_belong_together(done, tmp_path):
     p = subprocess.run([sys.executable, "scripts/results_table.py", str(done), "--seeds", str(other), "--dry-run"],
                        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     assert p.returncode != 0 and "does not share the reward_model" in p.stderr
+
+
+def test_a_small_sft_file_without_held_out_records_trains_without_an_eval_loss(tmp_path):
+    "A few demonstrations, none of whose prompts falls in the hashed test split: no SFT eval loss, not a refusal."
+    from open_chatgpt.data import prompt_split
+    from open_chatgpt.pipeline import config_from_args, build_parser, check_config, sft_eval_data
+    prompts = [p for p in (f"\n\nHuman: question {i}?\n\nAssistant:" for i in range(100)) if prompt_split(p) == "train"][:12]
+    f = tmp_path / "mine.jsonl"
+    f.write_text("".join(json.dumps(dict(prompt=p, response=" An answer.")) + "\n" for p in prompts))
+    cfg = config_from_args(build_parser().parse_args(["pipeline", *TOY, "--sft-data", str(f), "-o", str(tmp_path / "o")]))
+    check_config(cfg)                                              # accepted before any stage runs
+    logs = []
+    assert sft_eval_data(cfg, log=logs.append) is None and "no SFT eval loss" in logs[0]
