@@ -187,19 +187,24 @@ def _new_judge(config: JudgeConfig):
     if config.n_layers: truncate_layers(rm.backbone, config.n_layers)
     return rm.train()
 
+def _eval_meta(rm, eval_pairs, max_length: int) -> dict:
+    "The judge's held-out accuracy, its interval and which pairs it was measured on."
+    from open_chatgpt.reward import evaluate_reward
+    ev = evaluate_reward(rm, rm.tokenizer, eval_pairs, max_length=max_length)
+    return dict(accuracy=ev["accuracy"], ci_low=ev["ci_low"], ci_high=ev["ci_high"], n_eval=ev["n"],
+                eval_pairs=pairs_fingerprint(eval_pairs))          # which held-out pairs the accuracy is on
+
 def load_or_train_judge(train_pairs, eval_pairs, config: JudgeConfig, cache_dir=None, log=print):
     "The cached gold judge for these comparisons and settings, trained (and cached) if there is none; returns (rm, meta)."
     from open_chatgpt.models import MODEL_CACHE
     from open_chatgpt.plumbing import stage_dir
-    from open_chatgpt.reward import RewardConfig, RewardModel, evaluate_reward, train_reward
+    from open_chatgpt.reward import RewardConfig, RewardModel, train_reward
     rcfg = RewardConfig(**{"seed": config.seed, **config.reward})
     d = Path(cache_dir or Path(MODEL_CACHE) / "judges") / judge_key(train_pairs, config)
     if (d / "judge.json").exists():
         meta, rm = json.loads((d / "judge.json").read_text()), RewardModel.from_pretrained(d).eval().requires_grad_(False)
         if meta.get("eval_pairs") != pairs_fingerprint(eval_pairs):    # its accuracy is on other held-out pairs: measure
-            ev = evaluate_reward(rm, rm.tokenizer, eval_pairs, max_length=meta.get("max_length", rcfg.max_length))
-            meta.update(accuracy=ev["accuracy"], ci_low=ev["ci_low"], ci_high=ev["ci_high"], n_eval=ev["n"],
-                        eval_pairs=pairs_fingerprint(eval_pairs))
+            meta.update(_eval_meta(rm, eval_pairs, meta.get("max_length", rcfg.max_length)))
             try: atomic_write_text(d / "judge.json", json.dumps(meta, indent=2))
             except OSError: pass                                       # a read-only cache: the meta is returned anyway
         log(f"[judge] cached gold judge {d.name}: held-out accuracy {meta['accuracy']:.3f} (trained in {meta['seconds'] / 60:.1f} min)")
@@ -209,10 +214,8 @@ def load_or_train_judge(train_pairs, eval_pairs, config: JudgeConfig, cache_dir=
     rm = _new_judge(config)
     rm.max_length = rcfg.max_length
     train_reward(rm, rm.tokenizer, train_pairs, None, rcfg, progress=False)
-    ev = evaluate_reward(rm, rm.tokenizer, eval_pairs, max_length=rcfg.max_length)
-    meta = dict(accuracy=ev["accuracy"], ci_low=ev["ci_low"], ci_high=ev["ci_high"], n_eval=ev["n"], n_train=len(train_pairs),
-                seconds=time.perf_counter() - t0, config=asdict(config), max_length=rcfg.max_length,
-                eval_pairs=pairs_fingerprint(eval_pairs))          # which held-out pairs the accuracy is on
+    meta = dict(_eval_meta(rm, eval_pairs, rcfg.max_length), n_train=len(train_pairs), seconds=time.perf_counter() - t0,
+                config=asdict(config), max_length=rcfg.max_length)
     with stage_dir(d) as tmp:
         rm.save_pretrained(tmp); atomic_write_text(tmp / "judge.json", json.dumps(meta, indent=2))
     log(f"[judge] held-out accuracy {meta['accuracy']:.3f} (95% CI {meta['ci_low']:.3f}-{meta['ci_high']:.3f}) in {meta['seconds'] / 60:.1f} min")
