@@ -9,8 +9,9 @@ __all__ = ['ASSETS', 'HH_SAMPLE', 'TOKENIZER_FILE', 'ASSISTANT', 'HUMAN', 'TEST_
            'adapt_records', 'prompt_split', 'sample_pairs', 'sample_sft', 'prompts_from_pairs', 'sample_prompts',
            'load_records', 'split_local', 'load_preferences', 'load_sft', 'load_prompts', 'train_tokenizer',
            'sample_texts', 'get_tokenizer', 'hh_turns', 'uses_chat_template', 'hh_to_chat', 'format_prompt',
-           'format_response', 'chat_prompt', 'truncate_left', 'truncate_pair', 'SFTCollator', 'PairwiseCollator',
-           'PromptCollator', 'token_lengths', 'plot_lengths', 'summary', 'read_local', 'is_quick', 'use_real']
+           'format_response', 'chat_prompt', 'truncate_left', 'truncate_pair', 'encode_comparison', 'SFTCollator',
+           'PairwiseCollator', 'PromptCollator', 'token_lengths', 'plot_lengths', 'summary', 'read_local', 'is_quick',
+           'use_real']
 
 # %% ../nbs/01_data.ipynb #d51a9f2f
 import gzip
@@ -376,6 +377,15 @@ def _encode_pair(tokenizer, prompt: str, response: str, chat: bool) -> tuple[lis
     return (_encode(tokenizer, format_prompt(tokenizer, prompt, chat)),
             _encode(tokenizer, format_response(response, chat)) + [tokenizer.eos_token_id])
 
+def encode_comparison(tokenizer, record: dict, chat: bool, max_length: int,
+                      with_prompt: bool = True) -> tuple[list[int], list[int], list[int], bool]:
+    "Ids of a comparison's prompt, chosen and rejected response (+ eos), cut with one shared prompt; and whether it was cut."
+    p, c = _encode_pair(tokenizer, record["prompt"], record["chosen"], chat)
+    j = _encode_pair(tokenizer, record["prompt"], record["rejected"], chat)[1]
+    p = p if with_prompt else []                       # a response-only reward model reads the answers alone
+    p2, c2, j2 = truncate_pair(p, c, j, max_length)
+    return p2, c2, j2, (len(p2), len(c2), len(j2)) != (len(p), len(c), len(j))
+
 # %% ../nbs/01_data.ipynb #96a1a960
 @dataclass
 class SFTCollator:
@@ -409,9 +419,7 @@ class PairwiseCollator:
         cls = [self.tokenizer.cls_token_id] if getattr(self.tokenizer, "cls_token_id", None) is not None else []  # encoders
         chosen, rejected = [], []
         for r in records:                            # one prompt cut per pair: both answers see the same context
-            p, c = _encode_pair(self.tokenizer, r["prompt"], r["chosen"], chat)
-            j = _encode_pair(self.tokenizer, r["prompt"], r["rejected"], chat)[1]
-            p, c, j = truncate_pair(p if self.with_prompt else [], c, j, self.max_length - len(cls))
+            p, c, j, _ = encode_comparison(self.tokenizer, r, chat, self.max_length - len(cls), self.with_prompt)
             chosen.append(cls + p + c); rejected.append(cls + p + j)
         input_ids, attention_mask = _pad(chosen + rejected, self.tokenizer.pad_token_id, self.padding_side)
         return dict(input_ids=input_ids, attention_mask=attention_mask)  # each (2*batch, seq)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import SFTCollator, _encode_pair, _pad, truncate_pair, uses_chat_template
+from .data import SFTCollator, _pad, encode_comparison, uses_chat_template
 from .models import is_lora, model_inputs, prepare_model, prepare_tokenizer
 from .plumbing import (append_metrics, atomic_save, atomic_write_text, context_length, model_device,
                                    open_run, read_metrics, rng_devices, rng_state, seed_everything, set_rng_state,
@@ -44,11 +44,9 @@ class DPOCollator:
         chat, chosen, rejected = uses_chat_template(self.tokenizer, self.chat), [], []
         self.n_truncated = 0                                                   # pairs cut to fit max_length
         for r in records:
-            p, c = _encode_pair(self.tokenizer, r["prompt"], r["chosen"], chat)
-            j = _encode_pair(self.tokenizer, r["prompt"], r["rejected"], chat)[1]
-            p2, c2, j2 = truncate_pair(p, c, j, self.max_length)              # one prompt cut for both answers
-            self.n_truncated += (len(p2), len(c2), len(j2)) != (len(p), len(c), len(j))
-            chosen.append((p2, c2)); rejected.append((p2, j2))
+            p, c, j, cut = encode_comparison(self.tokenizer, r, chat, self.max_length)   # one prompt cut for both
+            self.n_truncated += cut
+            chosen.append((p, c)); rejected.append((p, j))
         rows = chosen + rejected                                               # chosen rows first
         input_ids, attention_mask = _pad([p + y for p, y in rows], self.tokenizer.pad_token_id)
         lab, _ = _pad([[-100] * len(p) + y for p, y in rows], -100)
