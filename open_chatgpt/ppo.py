@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from .data import PromptCollator, check_text, is_quick
 from .models import (accepts_position_ids, hidden_size, is_lora, model_inputs, position_ids_from_mask,
                                  prepare_model)
-from .reward import reward_input, reward_text
+from .reward import reward_input
 from .sft import is_checkpointing, switch_checkpointing
 from .plumbing import (append_metrics, atomic_save, atomic_write_text, context_length, model_device,
                                    open_run, read_metrics, rng_state, seed_everything, set_rng_state, write_csv)
@@ -395,9 +395,8 @@ def reward_model_fn(reward_model, tokenizer=None, batch_size: int = 16, max_leng
                 return torch.cat([reward_model(ids[i:i + batch_size], am[i:i + batch_size]).float()
                                   for i in range(0, len(ids), batch_size)])
             ended = batch["has_eos"].tolist() if batch is not None and "has_eos" in batch else [True] * len(responses)
-            texts = [reward_input(rm_tok, p, r, e, with_prompt) if rm_tok is not None      # formatted as it was trained;
-                     else reward_text(p if with_prompt else "", r, "", e)                   # a cut-off answer has no EOS
-                     for p, r, e in zip(prompts, responses, ended)]
+            texts = [reward_input(rm_tok, p, r, e, with_prompt)                          # formatted as it was trained;
+                     for p, r, e in zip(prompts, responses, ended)]                      # a cut-off answer has no EOS
             return torch.as_tensor(reward_model.score_texts(texts, batch_size=batch_size, max_length=max_length)).float()
         finally: reward_model.train(was_training)
     return reward_fn

@@ -495,8 +495,8 @@ def reward_text(prompt: str, response: str, eos: str, ended: bool = True) -> str
 
 def reward_input(tokenizer, prompt: str, response: str, ended: bool = True, with_prompt: bool = True) -> str:
     "The text a reward model with `tokenizer` scores, formatted as `PairwiseCollator` formats its training rows."
-    eos = tokenizer.eos_token or ""
-    if not uses_chat_template(tokenizer): return reward_text(prompt if with_prompt else "", response, eos, ended)
+    eos = "" if tokenizer is None else tokenizer.eos_token or ""          # no tokenizer: plain text, no EOS
+    if tokenizer is None or not uses_chat_template(tokenizer): return reward_text(prompt if with_prompt else "", response, eos, ended)
     p = format_prompt(tokenizer, prompt, chat=True) if with_prompt and prompt else ""   # the chat template's turns
     return p + format_response(response, chat=True) + (eos if ended else "")           # no HH leading space
 
