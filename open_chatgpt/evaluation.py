@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['QA_PROBE', 'win_rate', 'pooled_win_rate', 'answer_kl', 'sample_answers', 'summarize_answers', 'bon_kl', 'best_of_n',
            'plot_overoptimisation', 'JudgeConfig', 'pairs_fingerprint', 'judge_key', 'load_or_train_judge',
-           'load_qa_probe', 'qa_correct', 'paired_flips', 'qa_accuracy']
+           'load_qa_probe', 'qa_correct', 'paired_flips', 'qa_accuracy', 'qa_score']
 
 # %% ../nbs/07_evaluation.ipynb #46d48af2
 import hashlib
@@ -230,15 +230,19 @@ def load_qa_probe(path=QA_PROBE) -> list[dict]:
     items = []
     for i, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip(): continue
-        r = json.loads(line)
-        if not (isinstance(r.get("question"), str) and r.get("answers") and all(isinstance(a, str) and a for a in r["answers"])):
-            raise ValueError(f"{path}, line {i}: need a 'question' string and a non-empty list of 'answers' strings, got {r!r}")
+        try: r = json.loads(line)
+        except json.JSONDecodeError as e: raise ValueError(f"{path}, line {i}: not JSON ({e})") from None
+        ok = isinstance(r, dict) and isinstance(r.get("question"), str) and r["question"].strip() \
+            and isinstance(r.get("answers"), list) and r["answers"] and all(isinstance(a, str) and a.strip() for a in r["answers"])
+        if not ok: raise ValueError(f"{path}, line {i}: need a 'question' string and a non-empty list of 'answers' strings, got {r!r}")
         items.append(r)
+    if not items: raise ValueError(f"{path} has no questions")
     return items
 
 def qa_correct(answer: str, accepted: Sequence[str]) -> bool:
-    "Whether `answer` contains one of the `accepted` answers as a whole word or phrase (case-insensitive)."
-    return any(re.search(rf"(?<!\w){re.escape(a)}(?!\w)", answer, re.IGNORECASE) for a in accepted)
+    "Whether `answer` contains one of the `accepted` answers as a whole word or number (case-insensitive)."
+    # not inside a word, and not part of a longer number: "0" is not in "-18.0", "25" not in "125" or "25.5"
+    return any(re.search(rf"(?<![\w.,]){re.escape(a.strip())}(?!\w|[.,]\d)", answer, re.IGNORECASE) for a in accepted)
 
 # %% ../nbs/07_evaluation.ipynb #ba3061b1
 def paired_flips(a: Sequence[bool], b: Sequence[bool]) -> dict:
@@ -255,11 +259,17 @@ def qa_accuracy(policy, tokenizer, config: PPOConfig, items: Optional[list] = No
     "Greedy answers to the probe's questions and the share that contain an accepted answer, with a 95% Wilson interval."
     from tqdm.auto import tqdm
     items = load_qa_probe() if items is None else items
+    if not items: raise ValueError("qa_accuracy needs at least one question")
     answers = []
     for i in tqdm(range(0, len(items), batch_size), desc="qa probe", disable=not progress):
         qs = [hh_prompt(r["question"]) for r in items[i:i + batch_size]]
         answers += rollout(policy, tokenizer, qs, config, do_sample=False)["responses"]
+    return qa_score(answers, items)
+
+def qa_score(answers: Sequence[str], items: list) -> dict:
+    "Which answers are correct, their share and its 95% Wilson interval (answers to `items`, in order)."
+    if len(answers) != len(items) or not items: raise ValueError(f"{len(answers)} answers for {len(items)} questions")
     correct = [qa_correct(a, r["answers"]) for a, r in zip(answers, items)]
     lo, hi = wilson_interval(sum(correct), len(correct))
     return dict(accuracy=sum(correct) / len(correct), ci_low=lo, ci_high=hi, n=len(correct),
-                questions=[r["question"] for r in items], answers=answers, correct=correct)
+                questions=[r["question"] for r in items], answers=list(answers), correct=correct)

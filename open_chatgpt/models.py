@@ -42,10 +42,14 @@ def prepare_tokenizer(tokenizer):
 
 def prepare_model(model, tokenizer):
     "Copy pad/eos ids from `tokenizer` into `model`'s config and generation config; return the model."
+    eos = tokenizer.eos_token_id
     for cfg in (model.config, getattr(model, "generation_config", None)):
         if cfg is None: continue
         cfg.pad_token_id = tokenizer.pad_token_id
-        if tokenizer.eos_token_id is not None: cfg.eos_token_id = tokenizer.eos_token_id
+        old = getattr(cfg, "eos_token_id", None)
+        if eos is None: continue
+        if isinstance(old, (list, tuple)): cfg.eos_token_id = list(old) + ([eos] if eos not in old else [])  # Llama-3: keep all
+        else: cfg.eos_token_id = eos
     return model
 
 # %% ../nbs/02_models.ipynb #43715bd1

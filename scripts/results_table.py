@@ -71,7 +71,8 @@ def load_summary(run: Path) -> dict:
     s = json.loads((run / "summary-ppo.json").read_text())
     if last is not None and last.get("sft_answers_key") != s.get("sft_answers_key"):   # SFT/reward retrained since
         raise SystemExit(f"{run}/summary-ppo.json is from an earlier run in this directory (its SFT answers differ from "
-                         "summary.json's): run `open-chatgpt pipeline --algo ppo --resume` there again, or render another run")
+                         f"summary.json's): delete {run}/ppo and run the pipeline there again with --algo ppo --resume "
+                         "(and the run's own flags, e.g. --real), or render another run")
     return s
 
 

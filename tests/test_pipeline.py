@@ -237,6 +237,10 @@ def test_resume_refuses_a_finished_stage_trained_with_other_settings(done, tmp_p
     with pytest.raises(ValueError, match="seed changed since"):
         from open_chatgpt.pipeline import config_from_args, build_parser, run_pipeline
         run_pipeline(config_from_args(build_parser().parse_args(["pipeline", "-o", str(run), *TOY, "--seed", "1"])), resume=True)
+    info = json.loads((run / "sft" / "stage.json").read_text()); info["seconds"] += 1       # as if SFT had been retrained
+    (run / "sft" / "stage.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="sft_stage changed since"):
+        run_pipeline(config_from_args(build_parser().parse_args(["pipeline", "-o", str(run), *TOY])), resume=True)
 
 
 def test_eval_refuses_answers_to_other_prompts(done, tmp_path):
