@@ -473,7 +473,7 @@ def qa_probe_results(cfg: PipelineConfig, final_policy, tok, gen: PPOConfig, log
         key = hashlib.sha1(json.dumps([cfg.model if name == "base" else _stage_info(out / "sft"), items, gen.max_new_tokens,
                                        gen.max_prompt_length], sort_keys=True, default=str).encode()).hexdigest()
         if name != "rl" and (old.get(name) or {}).get("key") == key:          # the same greedy answers: score them again
-            res[name] = dict(old[name], **qa_score(old[name]["answers"], items)); continue
+            res[name] = dict(old[name], **qa_score(old[name]["answers"], items), reused=True); continue
         t0 = time.perf_counter()
         policy = final_policy if name == "rl" else load_policy(path, tokenizer=tok).eval()
         res[name] = dict(key=key, **qa_accuracy(policy, tok, gen, items), seconds=time.perf_counter() - t0)
@@ -568,7 +568,9 @@ def run_eval(cfg: PipelineConfig, log=print) -> dict:
         for name in ("overoptimisation.png", f"overoptimisation-{cfg.algo}.png"):   # the last run's, and one per algorithm
             plot_overoptimisation(res["curve"], res["best_of_n"], d / name,
                                   title=f"{cfg.model or 'tiny GPT-2'}, {cfg.algo}, seed {cfg.seed}, {len(final['responses'])} held-out prompts")
-        _stage_json(d, "eval", t0, answers={k: dict(seconds=a.get("seconds"), reused=a.get("reused", False)) for k, a in ans.items()})
+        cost = {k: dict(seconds=a.get("seconds"), reused=a.get("reused", False)) for k, a in ans.items()}
+        cost |= {f"qa probe of {k}": dict(seconds=v.get("seconds"), reused=v.get("reused", False)) for k, v in qa["policies"].items()}
+        _stage_json(d, "eval", t0, answers=cost)                               # what reused answers cost when sampled
     summary = build_summary(cfg, ans, final, res, greedy_final, qa)
     write_summary(out, summary)
     return summary
