@@ -134,8 +134,10 @@ def test_every_algo_on_the_same_run_and_the_comparison_table(done, tmp_path):
         assert s["win_rates"]["gold"]["rl_vs_sft"]["n"] == 4
     first = json.loads((done / "eval" / "stage.json").read_text())["answers"]    # the PPO evaluation sampled them
     assert all(not a["reused"] and a["seconds"] > 0 for a in first.values())
-    sec = json.loads((run / "summary-dpo.json").read_text())["seconds"]           # DPO's reused them: its cost counts them
-    assert sec["eval"] == pytest.approx(sec["eval_this_run"] + sum(a["seconds"] for a in first.values()))
+    assert set(first) == {"sft", "qa probe of sft", "qa probe of rl"}               # answers and the probe's, no base model
+    sec = json.loads((run / "summary-dpo.json").read_text())["seconds"]           # DPO's reused the SFT policy's: its
+    reused = sum(a["seconds"] for k, a in first.items() if k != "qa probe of rl")  # cost counts them (its own policy's
+    assert sec["eval"] == pytest.approx(sec["eval_this_run"] + reused)            # probe is asked anew, in this process)
     assert sec["eval_uncounted"] == []
     import math
     dpo_rows = read_metrics(run / "dpo" / "metrics.jsonl")       # step 1 starts at the SFT policy = the reference:
