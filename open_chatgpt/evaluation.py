@@ -225,9 +225,9 @@ def load_or_train_judge(train_pairs, eval_pairs, config: JudgeConfig, cache_dir=
 from .data import ASSETS, hh_prompt
 QA_PROBE = ASSETS / "qa-probe" / "qa-probe.jsonl"    # 99 questions with accepted answers, written for this course
 
-def load_qa_probe(path=QA_PROBE) -> list[dict]:
-    "The probe's records: `question` and the list of accepted `answers` (an error names the file and line)."
-    items = []
+def load_qa_probe(path=None) -> list[dict]:
+    "The probe's records (`QA_PROBE` by default): `question` and the accepted `answers`; an error names the file and line."
+    path, items = QA_PROBE if path is None else path, []
     for i, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip(): continue
         try: r = json.loads(line)
