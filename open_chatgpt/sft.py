@@ -4,13 +4,12 @@
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'MODEL_FILES', 'TOKENIZER_FILES', 'CKPT_PREFIX', 'STATE_FILE', 'DEEPSPEED_ZERO2', 'sft_loss',
-           'response_tokens', 'tiny_policy', 'n_params', 'check_causal_lm', 'set_special_ids', 'LoraSettings',
-           'add_lora', 'load_policy', 'save_policy', 'generate', 'check_sft_data', 'evaluate_sft', 'rouge', 'SFTConfig',
-           'lr_factor', 'filter_sft', 'sft_datasets', 'micro_batch_indices', 'step_batches', 'resolve_precision',
-           'accumulate_gradients', 'make_optimizer', 'make_scheduler', 'optimizer_step', 'new_history', 'log_row',
-           'train_sft', 'plot_history', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint', 'resume_training',
-           'switch_checkpointing', 'set_gradient_checkpointing', 'is_checkpointing', 'sft_training_args',
-           'train_sft_trainer']
+           'response_tokens', 'tiny_policy', 'n_params', 'check_causal_lm', 'LoraSettings', 'add_lora', 'load_policy',
+           'save_policy', 'generate', 'check_sft_data', 'evaluate_sft', 'rouge', 'SFTConfig', 'lr_factor', 'filter_sft',
+           'sft_datasets', 'micro_batch_indices', 'step_batches', 'resolve_precision', 'accumulate_gradients',
+           'make_optimizer', 'make_scheduler', 'optimizer_step', 'new_history', 'log_row', 'train_sft', 'plot_history',
+           'latest_checkpoint', 'save_checkpoint', 'load_checkpoint', 'resume_training', 'switch_checkpointing',
+           'set_gradient_checkpointing', 'is_checkpointing', 'sft_training_args', 'train_sft_trainer']
 
 # %% ../nbs/03_sft.ipynb #30d7cd78
 import copy
@@ -102,14 +101,6 @@ def check_causal_lm(model) -> None:
                          "Llama...): load one with load_policy(name_or_path), or build the default with tiny_policy(tokenizer)")
 
 from .models import prepare_model, prepare_tokenizer  # pad token = eos when missing; family quirks: chapter 2
-
-def set_special_ids(model, tokenizer):
-    "Copy `tokenizer`'s pad/eos ids into `model.config` and its generation config where they are missing."
-    for cfg in (model.config, getattr(model, "generation_config", None)):
-        if cfg is None: continue
-        if getattr(cfg, "pad_token_id", None) is None: cfg.pad_token_id = tokenizer.pad_token_id
-        if getattr(cfg, "eos_token_id", None) is None and tokenizer.eos_token_id is not None: cfg.eos_token_id = tokenizer.eos_token_id
-    return model
 
 # %% ../nbs/03_sft.ipynb #39af457e
 @dataclass
