@@ -223,6 +223,19 @@ def grad_checkpointing():
     finally: P.ppo_step = orig
 
 @contextlib.contextmanager
+def whole_minibatch():
+    """`PPOConfig(micro_batch_size=0)`, the default: the update's forward and backward over the whole padded minibatch
+    (the real mode runs ours with `micro_batch_size=1`, as the pipeline's real run)."""
+    import dataclasses
+    from open_chatgpt import ppo as P
+    orig = P.ppo_step
+    def ppo_step(model, ref, opt, batch, scores, kl_ctl, config):
+        return orig(model, ref, opt, batch, scores, kl_ctl, dataclasses.replace(config, micro_batch_size=0))
+    P.ppo_step = ppo_step
+    try: yield
+    finally: P.ppo_step = orig
+
+@contextlib.contextmanager
 def proposed_ckpt():
     "`proposed` + `grad_checkpointing`: the memory-lean variant."
     with proposed(), grad_checkpointing(): yield
@@ -256,6 +269,7 @@ def no_old_entropy():
 
 CANDIDATES = {"flush_denormal": flush_denormal, "logits_to_keep": logits_to_keep, "trim_padding": trim_padding,
               "no_old_entropy": no_old_entropy, "proposed": proposed, "grad_checkpointing": grad_checkpointing,
+              "whole_minibatch": whole_minibatch,
               "proposed_ckpt": proposed_ckpt, "bf16_autocast": bf16_autocast}
 
 def bf16_matmul_check(seconds: float = 1.0) -> tuple:

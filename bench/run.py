@@ -280,11 +280,18 @@ def _ppo_common(a) -> dict:
                 cliprange_value=0.2, vf_coef=0.1, init_kl_coef=0.2, adap_kl_ctrl=True, target=6.0, horizon=10000,
                 max_grad_norm=1.0, whiten_rewards=False)
 
+def _micro_note(a) -> str:
+    "How our update splits a minibatch, for the report (nothing if it does not)."
+    k = a.ppo_micro_batch_size
+    if not k or k >= a.ppo_mini_batch_size: return ""
+    return (f" (ours: `micro_batch_size={k}`, forward/backward passes of {k} row(s), each cut to its own length; the "
+            "same loss, a mean over the minibatch's tokens, and the same gradient as one padded pass, as in TRL)")
+
 def _our_ppo_config(a):
     "Our PPOConfig (no TRL import: the real mode's `ours` worker process never loads TRL)."
     from open_chatgpt.ppo import PPOConfig
     return PPOConfig(**_ppo_common(a), max_new_tokens=a.max_new_tokens, max_prompt_length=a.max_prompt_length, top_k=0,
-                     top_p=1.0, temperature=1.0, shared_backbone=True, seed=0)
+                     top_p=1.0, temperature=1.0, shared_backbone=True, seed=0, micro_batch_size=a.ppo_micro_batch_size)
 
 def _ppo_configs(a, tok):
     import trl
@@ -1060,13 +1067,14 @@ def report_real(results, a, info) -> str:
         B = a.ppo_batch_size
         lines += [f"## PPO step: {REAL_POLICY} + LoRA (r={REAL_LORA['r']}, alpha {REAL_LORA['lora_alpha']}, "
                   f"{'/'.join(REAL_LORA['target_modules'])}), shared-backbone value head", "",
-                  f"Batch {B}, minibatch {a.ppo_mini_batch_size}, {a.ppo_epochs} epoch(s), {a.max_new_tokens} new tokens "
+                  f"Batch {B}, minibatch {a.ppo_mini_batch_size}{_micro_note(a)}, {a.ppo_epochs} epoch(s), {a.max_new_tokens} new tokens "
                   f"(temperature 1, no top-k/top-p), chat-formatted HH prompts cut to {a.max_prompt_length} tokens (the "
                   "same ids in both), reward = fraction of even token ids, Adam lr 1e-5 eps 1e-5, clip 1.0, adaptive KL; "
                   "ours: `rollout` (`sample_tokens`) + `score` + `ppo_step`; TRL 0.11.4: `PPOTrainer.generate` (HF "
                   "`generate`) + `step`, `ref_model=None` (adapter-disabled reference, as ours)."
                   + (" *ours + X*: the same code with bench/profile_real.py's variant X (`grad_checkpointing`: "
-                     "`PPOConfig(gradient_checkpointing=True)`, activation checkpointing in the update; `proposed`, "
+                     "`PPOConfig(gradient_checkpointing=True)`, activation checkpointing in the update; `whole_minibatch`: "
+                     "`micro_batch_size=0`, the PPOConfig default, one padded forward/backward per minibatch; `proposed`, "
                      "`proposed_ckpt`: the patches measured before the LM-head and padding changes landed; see "
                      "bench/README.md)." if op else ""), ""]
         sides = [("open-chatgpt", o)] + props + [("TRL", t)]
@@ -1215,6 +1223,9 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--ppo-batch-size", type=int, default=None, help="default 8")
     p.add_argument("--ppo-mini-batch-size", type=int, default=None, help="default 4")
+    p.add_argument("--ppo-micro-batch-size", type=int, default=None,
+                   help="ours only: rows per forward/backward pass inside a minibatch (the same loss); default 0, the "
+                        "whole minibatch (--real on a CPU: 1, as the pipeline's real run)")
     p.add_argument("--ppo-epochs", type=int, default=None, help="default 2 (--real: 1)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default 32 (--real: 48)")
     p.add_argument("--max-prompt-length", type=int, default=None, help="default 48 (--real: 128)")
@@ -1233,9 +1244,10 @@ def parse_args(argv=None):
     a = p.parse_args(argv)
     a.argv = list(sys.argv[1:] if argv is None else argv)
     sizes = dict(rm_batch_size=8, rm_max_length=64, rm_steps=4, ppo_batch_size=8, ppo_mini_batch_size=4, ppo_epochs=2,
-                 max_new_tokens=32, max_prompt_length=48)
+                 max_new_tokens=32, max_prompt_length=48, ppo_micro_batch_size=0)
     if a.real:   # one real PPO step costs ~40 CPU s here: sizes that keep 3 repeats x 2 libraries near 10 minutes
-        sizes.update(rm_max_length=256, rm_steps=2, ppo_epochs=1, max_new_tokens=48, max_prompt_length=128)
+        sizes.update(rm_max_length=256, rm_steps=2, ppo_epochs=1, max_new_tokens=48, max_prompt_length=128,
+                     ppo_micro_batch_size=1 if a.device == "cpu" else 0)   # one row per pass on a CPU (no padding)
     if a.quick:   # tiny sizes, except those given on the command line
         sizes.update(rm_batch_size=4, rm_steps=2, rm_max_length=64, ppo_batch_size=4, ppo_mini_batch_size=2, ppo_epochs=1,
                      max_new_tokens=8)

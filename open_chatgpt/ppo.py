@@ -9,9 +9,9 @@ __all__ = ['DROPOUT_FIELDS', 'MINIBATCH_STATS', 'DIALS', 'PPOConfig', 'disable_d
            'unique_prompts', 'rollout', 'same_tokenizer', 'reward_model_fn', 'sentiment_reward_fn', 'takes_batch',
            'score', 'forward_logprobs_values', 'batched_forward', 'forward_in_order', 'reused_rows',
            'old_logprobs_values', 'advantages_and_returns', 'kl_per_response', 'ppo_minibatch_loss', 'hf_models',
-           'check_checkpointing', 'set_checkpointing', 'checkpointing', 'ppo_update', 'mean_stats', 'ppo_step',
-           'prompt_batch', 'RunningMoments', 'scale_scores', 'make_kl_controller', 'stats_row', 'train_ppo',
-           'evaluate_policy', 'plot_reward_kl', 'plot_dials']
+           'check_checkpointing', 'set_checkpointing', 'checkpointing', 'ppo_minibatch_backward', 'ppo_update',
+           'mean_stats', 'ppo_step', 'prompt_batch', 'RunningMoments', 'scale_scores', 'make_kl_controller',
+           'stats_row', 'train_ppo', 'evaluate_policy', 'plot_reward_kl', 'plot_dials']
 
 # %% ../nbs/06_ppo.ipynb #51191a9d
 import contextlib
@@ -48,7 +48,8 @@ class PPOConfig:
     "Every setting of a PPO run (TRL's names)."
     learning_rate: float = 1e-5           # Adam step size for actor and critic
     batch_size: int = 32                  # rollouts (prompts) per PPO step
-    mini_batch_size: int = 8              # rollouts per forward/backward pass of the update
+    mini_batch_size: int = 8              # rollouts per loss (its mean runs over all their response tokens)
+    micro_batch_size: int = 0             # rollouts per forward/backward inside a minibatch (0: the whole minibatch)
     gradient_accumulation_steps: int = 1  # minibatches whose gradients are summed before each optimizer step
     ppo_epochs: int = 4                   # passes over the rollout batch per step
     gamma: float = 1.0                    # discount
@@ -81,6 +82,8 @@ class PPOConfig:
     output_dir: Optional[str] = None      # metrics.jsonl/.csv, plots, checkpoints (see the Appendix); None: keep nothing on disk
     @property
     def backward_batch_size(self) -> int: return self.mini_batch_size * self.gradient_accumulation_steps
+    @property
+    def forward_batch_size(self) -> int: return min(self.micro_batch_size or self.mini_batch_size, self.mini_batch_size)
     def validate(self, context_length: Optional[int] = None) -> "PPOConfig":
         "Raise a ValueError naming the setting to change if this configuration cannot run."
         _check_ppo_config(self, context_length)
@@ -94,6 +97,7 @@ def _check_ppo_config(c: PPOConfig, context_length: Optional[int] = None) -> Non
         raise ValueError(f"batch_size ({c.batch_size}) must be a multiple of mini_batch_size * "
                          f"gradient_accumulation_steps ({c.backward_batch_size})")
     if c.max_new_tokens < 1: raise ValueError(f"max_new_tokens must be >= 1, got {c.max_new_tokens}")
+    if c.micro_batch_size < 0: raise ValueError(f"micro_batch_size must be >= 0 (0: the whole minibatch), got {c.micro_batch_size}")
     positive = dict(learning_rate=c.learning_rate, cliprange=c.cliprange, max_grad_norm=c.max_grad_norm,
                     target=c.target, horizon=c.horizon, total_steps=c.total_steps)
     for k, v in positive.items():
@@ -497,7 +501,7 @@ def forward_in_order(fn, order: torch.Tensor, size: int, like: torch.Tensor, ski
     return res
 
 def reused_rows(model: nn.Module, perm: torch.Tensor, size: int) -> torch.Tensor:
-    "The first minibatch of `perm`: its forward with grad doubles as its old forward (no rows when dropout is on)."
+    "The first `size` rows of `perm` (the first forward of the update): its forward with grad doubles as its old forward (none with dropout on)."
     return perm[:size] if not has_dropout(model) else perm[:0]
 
 @torch.no_grad()
@@ -508,8 +512,9 @@ def old_logprobs_values(model: PolicyAndValue, ref_policy, batch: dict, config: 
     input_ids, attention_mask, mask, P = _sequences(batch)
     model.eval()
     fwd = lambda m, ent: (lambda s: forward_logprobs_values(m, input_ids[s], attention_mask[s], P, config.temperature, ent))
-    old = forward_in_order(fwd(model, True), order, config.mini_batch_size, mask, skip)   # back in the rollout's row order
-    ref_logprobs, _, _ = batched_forward(fwd(ref_policy, False), torch.arange(len(order)), config.mini_batch_size)
+    size = config.forward_batch_size                                                  # a minibatch, or a micro-batch
+    old = forward_in_order(fwd(model, True), order, size, mask, skip)                  # back in the rollout's row order
+    ref_logprobs, _, _ = batched_forward(fwd(ref_policy, False), torch.arange(len(order)), size)
     return *old, ref_logprobs
 
 # %% ../nbs/06_ppo.ipynb #8a59a031
@@ -579,13 +584,32 @@ def checkpointing(model: PolicyAndValue, on: bool):
             m.__dict__.update(s)
 
 # %% ../nbs/06_ppo.ipynb #c2879fcc
+def ppo_minibatch_backward(model: PolicyAndValue, data: dict, idx: torch.Tensor, config: PPOConfig,
+                           out: Optional[tuple] = None, scale: float = 1.0) -> dict:
+    "Backward of `scale` x the loss on rollouts `idx`, `forward_batch_size` rows per pass (the same gradient); its stats."
+    d, c = data, config                  # `out`: the first pass's log-probs and values (with grad), already forwarded
+    chunks = idx.split(c.forward_batch_size)
+    if len(chunks) == 1:                                                         # the whole minibatch in one pass
+        loss, stats = ppo_minibatch_loss(model, d, idx, c, out)
+        (scale * loss).backward(); return stats
+    n, outs = d["mask"][idx].sum(), []                                           # the minibatch's response tokens
+    for j, rows in enumerate(chunks):    # each pass's loss is a mean over its own tokens: weight it by its share of n
+        o = out if j == 0 and out is not None else forward_logprobs_values(
+            model, d["input_ids"][rows], d["attention_mask"][rows], d["P"], c.temperature)
+        loss, _ = ppo_minibatch_loss(model, d, rows, c, o)
+        (scale * loss * d["mask"][rows].sum() / n).backward()                    # frees this pass's activations
+        outs.append((o[0].detach(), o[1].detach()))
+    with torch.no_grad():                # the minibatch's statistics, as one pass would give them
+        lp, v = torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])  # each (minibatch, R)
+        return ppo_minibatch_loss(model, d, idx, c, (lp, v, None))[1]
+
 def ppo_update(model: PolicyAndValue, optimizer: torch.optim.Optimizer, data: dict, perms: list[torch.Tensor],
                config: PPOConfig, first_out: Optional[tuple] = None) -> tuple[list[dict], int, bool]:
     "Epochs of clipped updates over minibatches (`perms`: the row order of each epoch); stats per minibatch, steps, early stop."
-    c, B = config, len(perms[0])                    # first_out: the forward with grad of perms[0][:mini_batch_size], if done
-    if first_out is not None and len(first_out[0]) != min(c.mini_batch_size, B):
-        raise ValueError(f"first_out holds {len(first_out[0])} rows; it must be the first minibatch's forward "
-                         f"(perms[0][:{c.mini_batch_size}]), as ppo_step passes it")
+    c, B = config, len(perms[0])                 # first_out: the forward with grad of perms[0][:forward_batch_size], if done
+    if first_out is not None and len(first_out[0]) != min(c.forward_batch_size, B):
+        raise ValueError(f"first_out holds {len(first_out[0])} rows; it must be the update's first forward "
+                         f"(perms[0][:{c.forward_batch_size}]), as ppo_step passes it")
     model.train()                                   # dropout is off (disable_dropout): train == eval numerically
     params = [p for p in model.parameters() if p.requires_grad]
     step_stats, n_updates, early_stop = [], 0, False
@@ -595,10 +619,9 @@ def ppo_update(model: PolicyAndValue, optimizer: torch.optim.Optimizer, data: di
             for start in range(0, B, c.backward_batch_size):                    # one optimizer step per backward batch
                 optimizer.zero_grad(set_to_none=True)
                 for mb in range(start, start + c.backward_batch_size, c.mini_batch_size):
-                    out, first_out = first_out, None
-                    loss, stats = ppo_minibatch_loss(model, data, perm[mb:mb + c.mini_batch_size], c, out)
-                    (loss / c.gradient_accumulation_steps).backward()           # the minibatches' gradients add up
-                    step_stats.append(stats)
+                    out, first_out = first_out, None                            # the minibatches' gradients add up
+                    step_stats.append(ppo_minibatch_backward(model, data, perm[mb:mb + c.mini_batch_size], c, out,
+                                                             1 / c.gradient_accumulation_steps))
                 grad_norm = nn.utils.clip_grad_norm_(params, c.max_grad_norm)    # returns the norm before clipping
                 optimizer.step(); n_updates += 1
                 step_stats[-1]["grad_norm"] = grad_norm.detach()
@@ -636,7 +659,7 @@ def ppo_step(
     input_ids, attention_mask, mask, P = _sequences(batch)
     B = input_ids.shape[0]
     perms = [torch.randperm(B) for _ in range(c.ppo_epochs)]                     # minibatch order of each epoch
-    first = reused_rows(model, perms[0], c.mini_batch_size)                      # the first update's rows
+    first = reused_rows(model, perms[0], c.forward_batch_size)                   # the first update's rows
     # ---- 2. evaluate: old log-probs, values, entropy (in the first epoch's order), reference log-probs ----
     old_logprobs, old_values, entropy, ref_logprobs = old_logprobs_values(model, ref_policy, batch, c, perms[0],
                                                                           skip=len(first))

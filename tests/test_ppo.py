@@ -1,15 +1,16 @@
 "PPO trainer (chapter 6): rollout details, determinism, kill-and-resume, bad input."
-import json, math
+import dataclasses, json, math
 from pathlib import Path
 
 import pytest
 import torch
 
 from open_chatgpt.data import get_tokenizer, sample_prompts, train_tokenizer
-from open_chatgpt.models import tiny_model
-from open_chatgpt.ppo import (PPOConfig, Critic, PolicyAndValue, evaluate_policy, forward_logprobs_values,
-                              make_ppo_models, read_metrics, reward_model_fn, rollout, score, sentiment_reward_fn,
-                              train_ppo, truncate_after_eos)
+from open_chatgpt.models import FAMILIES, tiny_model
+from open_chatgpt.ppo import (PPOConfig, Critic, PolicyAndValue, _sequences, evaluate_policy, forward_logprobs_values,
+                              make_ppo_models, old_logprobs_values, ppo_minibatch_backward, read_metrics,
+                              reward_model_fn, rollout, score, sentiment_reward_fn, train_ppo, truncate_after_eos)
+from open_chatgpt.sft import add_lora
 
 TOK = get_tokenizer()
 PROMPTS = list(sample_prompts("train")["prompt"][:24])
@@ -184,3 +185,42 @@ def test_sentiment_reward_and_evaluate_policy():
     assert ev["n"] == 6 and abs(ev["kl"]) < 1e-4 and len(ev["samples"]) == 6
     ev2 = evaluate_policy(pv, TOK, fn, PROMPTS[:6], cfg(), batch_size=4)
     assert ev2["reward_mean"] == ev["reward_mean"]                        # fixed evaluation seed
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("lora", [False, True])
+def test_micro_batches_give_the_minibatch_gradient(family, lora):
+    """`micro_batch_size=1` (one unpadded row per forward/backward) = one padded pass over the minibatch: the same
+    gradient and statistics, for every family, full or LoRA (shared backbone); and on-policy its ratio is exactly 1."""
+    torch.manual_seed(0)
+    sft = tiny_model(family, TOK).eval()
+    if lora: sft = add_lora(sft, dict(r=4, lora_alpha=8, lora_dropout=0.0))   # peft's default modules per family
+    model, ref = make_ppo_models(sft, TOK, critic_init="sft", shared_backbone=lora)
+    c0 = PPOConfig(batch_size=4, mini_batch_size=4, ppo_epochs=1, max_new_tokens=12, max_prompt_length=40)
+    c1 = dataclasses.replace(c0, micro_batch_size=1)
+    prompts = sorted(PROMPTS, key=len)[::6][:4]                       # prompts of different lengths: padding in the batch
+    batch = rollout(model, TOK, prompts, c0)
+    for i, n in enumerate([12, 5, 9, 2]):                             # responses of different lengths (as if ended)
+        batch["response_mask"][i, n:] = 0; batch["response"][i, n:] = TOK.pad_token_id
+    assert batch["query_mask"].sum(1).unique().numel() > 1
+    ids, am, mask, P = _sequences(batch)
+    perm = torch.tensor([2, 0, 3, 1])
+    def data(c, noise=0.0):
+        g = torch.Generator().manual_seed(1)
+        old_lp, old_v, _, _ = old_logprobs_values(model, ref, batch, c, perm)
+        return dict(input_ids=ids, attention_mask=am, P=P, mask=mask,
+                    old_logprobs=old_lp + noise * torch.randn(mask.shape, generator=g),
+                    old_values=old_v + noise * torch.randn(mask.shape, generator=g),
+                    advantages=torch.randn(mask.shape, generator=g), returns=torch.randn(mask.shape, generator=g))
+    def backward(c, d):
+        model.zero_grad(set_to_none=True); model.train()
+        st = ppo_minibatch_backward(model, d, perm, c)
+        model.eval()
+        return [p.grad.clone() for p in model.parameters() if p.requires_grad], st
+    _, on = backward(c1, data(c1))                                    # old forwards in the same one-row passes
+    assert (on["policy/approxkl"].item(), on["policy/clipfrac"].item(), on["val/clipfrac"].item()) == (0.0, 0.0, 0.0)
+    d = data(c0, noise=0.3)                                           # off-policy: some tokens clipped
+    (g0, s0), (g1, s1) = backward(c0, d), backward(c1, d)
+    assert s0["policy/clipfrac"] > 0
+    for a, b in zip(g0, g1): torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    for k in s0: torch.testing.assert_close(s0[k], s1[k], atol=1e-6, rtol=1e-5)
