@@ -278,9 +278,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
         p = sz.softmax(-1)
         sz = sz.masked_fill(p.cumsum(-1) - p > top_p, -math.inf)   # keep the smallest prefix whose mass reaches top_p
         z = torch.full_like(z, -math.inf).scatter(-1, order, sz)
-    cdf = z.softmax(-1).cumsum(-1)                                                     # (batch, vocab)
-    u = (1 - torch.rand(cdf.shape[0], 1, device=cdf.device)) * cdf[:, -1:]             # (batch, 1), uniform in (0, total]
-    return torch.searchsorted(cdf, u).squeeze(-1).clamp_max(cdf.shape[-1] - 1)         # the first token whose cdf >= u
+    return torch.multinomial(z.softmax(-1), 1).squeeze(-1)      # as HF `generate`: the same seed draws the same tokens
 
 def _select_rows(cache, keep: torch.Tensor):
     "Keep only the rows `keep` of a KV cache (a transformers Cache, or the legacy tuple of (key, value) per layer)."
