@@ -98,6 +98,8 @@ def _check_ppo_config(c: PPOConfig, context_length: Optional[int] = None) -> Non
                          f"gradient_accumulation_steps ({c.backward_batch_size})")
     if c.max_new_tokens < 1: raise ValueError(f"max_new_tokens must be >= 1, got {c.max_new_tokens}")
     if c.micro_batch_size < 0: raise ValueError(f"micro_batch_size must be >= 0 (0: the whole minibatch), got {c.micro_batch_size}")
+    if c.mini_batch_size % c.forward_batch_size:     # old and new forwards must cut the rows alike (piece 5: ratio exactly 1)
+        raise ValueError(f"micro_batch_size ({c.micro_batch_size}) must divide mini_batch_size ({c.mini_batch_size})")
     positive = dict(learning_rate=c.learning_rate, cliprange=c.cliprange, max_grad_norm=c.max_grad_norm,
                     target=c.target, horizon=c.horizon, total_steps=c.total_steps)
     for k, v in positive.items():

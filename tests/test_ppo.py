@@ -212,10 +212,13 @@ def test_micro_batches_give_the_minibatch_gradient(family, lora):
                     old_logprobs=old_lp + noise * torch.randn(mask.shape, generator=g),
                     old_values=old_v + noise * torch.randn(mask.shape, generator=g),
                     advantages=torch.randn(mask.shape, generator=g), returns=torch.randn(mask.shape, generator=g))
+    calls = []
+    model.register_forward_hook(lambda *a: calls.append(1))
     def backward(c, d):
-        model.zero_grad(set_to_none=True); model.train()
+        model.zero_grad(set_to_none=True); model.train(); calls.clear()
         st = ppo_minibatch_backward(model, d, perm, c)
         model.eval()
+        assert len(calls) == len(perm) // c.forward_batch_size                 # one forward pass per micro-batch
         return [p.grad.clone() for p in model.parameters() if p.requires_grad], st
     _, on = backward(c1, data(c1))                                    # old forwards in the same one-row passes
     assert (on["policy/approxkl"].item(), on["policy/clipfrac"].item(), on["val/clipfrac"].item()) == (0.0, 0.0, 0.0)
