@@ -201,9 +201,7 @@ def test_short_run_raises_the_reward(tok, prompts, variant):
                      learning_rate=3e-2, total_steps=20, seed=0, **variant)
     h = train_grpo(policy, ref, tok, _direction_reward(toy), prompts, cfg, progress=False)
     first, last = (sum(r["env/reward_mean"] for r in rows) / 3 for rows in (h[:3], h[-3:]))
-    # seeds 0-3 (the random stream decides which answers are drawn): GRPO 0.47-0.53 -> 0.81-0.97, RLOO
-    # 0.49-0.53 -> 0.59-0.70; the smallest gain was +0.10 (RLOO, seed 1), so +0.05 is the direction, not one lucky seed
-    assert last > first + 0.05, (first, last)
+    assert last > first + 0.1, (first, last)                   # 0.50 -> 0.89 (GRPO), 0.51 -> 0.66 (RLOO)
     assert h[-1]["objective/kl"] > 0 and set(h[0]) >= {"frac_reward_zero_std", "objective/entropy", "policy/clipfrac",
                                                          "response/length", "response/eos_frac", "time/step"}
 
