@@ -209,31 +209,27 @@ def proposed():
     return patched(keep_logits=True, trim=True, skip_temperature=True, prefill=True)
 
 @contextlib.contextmanager
-def grad_checkpointing():
-    """`PPOConfig(gradient_checkpointing=True)` (landed: `ppo.checkpointing`, HF non-reentrant checkpointing in the
-    update's forwards with grad): each layer's activations are recomputed in the backward pass instead of kept, so the
-    update's memory no longer grows with layers x tokens; costs one more forward."""
+def ppo_config_override(**changes):
+    "`ppo_step` run with these PPOConfig fields changed (the caller's config otherwise)."
     import dataclasses
     from open_chatgpt import ppo as P
     orig = P.ppo_step
     def ppo_step(model, ref, opt, batch, scores, kl_ctl, config):
-        return orig(model, ref, opt, batch, scores, kl_ctl, dataclasses.replace(config, gradient_checkpointing=True))
+        return orig(model, ref, opt, batch, scores, kl_ctl, dataclasses.replace(config, **changes))
     P.ppo_step = ppo_step
     try: yield
     finally: P.ppo_step = orig
 
-@contextlib.contextmanager
+def grad_checkpointing():
+    """`PPOConfig(gradient_checkpointing=True)` (landed: `ppo.checkpointing`, HF non-reentrant checkpointing in the
+    update's forwards with grad): each layer's activations are recomputed in the backward pass instead of kept, so the
+    update's memory no longer grows with layers x tokens; costs one more forward."""
+    return ppo_config_override(gradient_checkpointing=True)
+
 def whole_minibatch():
     """`PPOConfig(micro_batch_size=0)`, the default: the update's forward and backward over the whole padded minibatch
     (the real mode runs ours with `micro_batch_size=1`, as the pipeline's real run)."""
-    import dataclasses
-    from open_chatgpt import ppo as P
-    orig = P.ppo_step
-    def ppo_step(model, ref, opt, batch, scores, kl_ctl, config):
-        return orig(model, ref, opt, batch, scores, kl_ctl, dataclasses.replace(config, micro_batch_size=0))
-    P.ppo_step = ppo_step
-    try: yield
-    finally: P.ppo_step = orig
+    return ppo_config_override(micro_batch_size=0)
 
 @contextlib.contextmanager
 def proposed_ckpt():
