@@ -4,7 +4,8 @@
      OPT-125m-shaped and an OPT-1.3b-shaped model built from config: steady-state samples/s and tokens/s, peak GPU
      memory, against the chapter's estimate of the model states (`zero_memory`, `rlhf_memory`);
   2. the benchmark's real-model mode on the GPU (`bench/run.py --real --device cuda`): PPO and reward-model steps,
-     ours vs TRL 0.11.4; then bench/generation_overhead.py on the GPU (our sampler vs HF generate per token).
+     ours vs TRL 0.11.4, after bench/generation_overhead.py on the GPU at the real widths (our sampler, variants of
+     its loop and HF generate per token, with profiler tables).
 Each measurement runs in its own process; the two parts use two Python environments (the project's, with DeepSpeed;
 the benchmark's, with TRL 0.11.4 and transformers 4.45), given as extra import paths or as interpreters.
 
@@ -64,7 +65,8 @@ def estimate_gb(m: dict, stage: int) -> float:
     return zero_memory(m["n_params"], 1, stage, "bf16").total / GB
 
 
-def run_ds(script: str, size: str, cfg: str, steps: int, env: dict, port: int, timeout: int, smoke: bool = False) -> dict:
+def run_ds(script: str, size: str, cfg: str, steps: int, env: dict, port: int, timeout: int, smoke: bool = False,
+           cap: int = 180) -> dict:
     "One DeepSpeed script run in its own process; its metrics.json plus the wall time (imports and set-up included)."
     out = Path(tempfile.mkdtemp(prefix=f"gpu-{script}-{size}-{cfg}-"))
     cmd = [sys.executable, str(REPO / "scripts" / f"train_{script}.py"), "--deepspeed", cfg, "--model-config", size,
@@ -73,7 +75,7 @@ def run_ds(script: str, size: str, cfg: str, steps: int, env: dict, port: int, t
     try: p = subprocess.run(cmd, env={**env, "MASTER_PORT": str(port)}, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return dict(script=f"train_{script}", model_config=size, deepspeed=cfg, wall=time.perf_counter() - t0,
-                    error=f"not measured: stopped after {timeout} s (its timeout: at most 180 s, or the time left "
+                    error=f"not measured: stopped after {timeout} s (its timeout: at most {cap} s, or the time left "
                           "before the call's deadline)")
     wall = time.perf_counter() - t0
     if p.returncode: return dict(script=f"train_{script}", model_config=size, deepspeed=cfg, error=p.stderr[-1500:], wall=wall)
@@ -111,8 +113,11 @@ def render(paths: list, out: Path):
     if len(devices) != 1: raise SystemExit(f"the runs were made on different devices {devices}: render them separately")
     order = {k: i for i, k in enumerate(f"{s}|{sc}|{c}" for s in SIZES for sc in ("train_sft", "train_reward", "train_ppo")
                                         for c in STAGES)}
-    rows = sorted((m for r in runs for m in r["runs"]),
-                  key=lambda m: order.get(f"{m['model_config']}|{m['script']}|{m['deepspeed']}", len(order)))
+    key = lambda m: f"{m['model_config']}|{m['script']}|{m['deepspeed']}"
+    best = {}                         # one row per run: a measured one replaces an earlier call's failed or stopped one
+    for m in (m for r in runs for m in r["runs"]):
+        if key(m) not in best or "error" in best[key(m)]: best[key(m)] = m
+    rows = sorted(best.values(), key=lambda m: order.get(key(m), len(order)))
     out.with_suffix(".json").write_text(json.dumps(dict(device=devices.pop(), runs=rows), indent=1) + "\n")
     out.with_suffix(".md").write_text(ds_table(rows, runs[0]["device"]) + "\n")
 
@@ -128,6 +133,9 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="bench/run.py repeats")
     p.add_argument("--sizes", default=",".join(SIZES), help="comma list of model shapes for the DeepSpeed runs")
     p.add_argument("--scripts", default="sft,reward,ppo", help="comma list of the DeepSpeed scripts to run")
+    p.add_argument("--stages", default=",".join(STAGES), help="comma list of the ZeRO configs to run (zero2,zero3)")
+    p.add_argument("--ds-timeout", type=int, default=180, help="seconds allowed to one DeepSpeed run")
+    p.add_argument("--no-generation", action="store_true", help="skip bench/generation_overhead.py")
     p.add_argument("--bench-first", action="store_true", help="run bench/run.py before the DeepSpeed scripts")
     p.add_argument("--smoke", action="store_true", help="a test of this script without a GPU: CPU mode, tiny sizes")
     a = p.parse_args(argv)
@@ -149,11 +157,11 @@ def main(argv=None):
     rows, port = [], 29700
     def ds(size):
         for script in a.scripts.split(","):
-            for cfg in STAGES:
+            for cfg in a.stages.split(","):
                 if left() < 40: log(f"skip {script} {size} {cfg}: deadline", file=logf); continue
                 nonlocal port; port += 1
                 m = run_ds(script, size, cfg, 2 if a.smoke else SIZES[size][script], ours, port,
-                           timeout=int(min(180, left() - 10)), smoke=a.smoke)
+                           timeout=int(min(a.ds_timeout, left() - 10)), smoke=a.smoke, cap=a.ds_timeout)
                 if "error" not in m: m["estimate_gb"] = estimate_gb(m, m["zero_stage"])
                 rows.append(m)
                 log(f"{script} {size} {cfg}: " + (f"FAILED {m['error'][-600:]}" if "error" in m else
@@ -165,20 +173,22 @@ def main(argv=None):
     sizes = [] if a.sizes == "none" else a.sizes.split(",")
     if sizes and not a.bench_first: ds(sizes[0])
     if a.bench_first: sizes = [None] + sizes
+    if left() > 90 and not (a.smoke or a.no_generation):   # where the generation gap comes from, at the real widths
+        cmd = [sys.executable, str(REPO / "bench" / "generation_overhead.py"), "--device", "cuda", "--threads", "0",
+               "--shape", "real", "--variants", "--repeats", "3", "--profile", str(out),
+               "--out", str(out / "generation-overhead-gpu.md")]
+        try: r = subprocess.run(cmd, env=trl_env, timeout=min(150, left() - 60), capture_output=True, text=True)
+        except subprocess.TimeoutExpired: log("generation_overhead.py: timed out", file=logf)
+        else: log(f"generation_overhead.py exit {r.returncode}\n{r.stdout[-2500:]}\n{r.stderr[-1500:]}", file=logf)
     if left() > 120:
         cmd = [sys.executable, str(REPO / "bench" / "run.py"), "--real", "--device", "cpu" if a.smoke else "cuda",
                "--only", "reward,ppo", "--repeats", str(a.repeats), "--threads", "1" if a.smoke else "0",
                "--out", str(out / "results-real-gpu.md")] + (["--quick"] if a.smoke else [])
-        reserve = 45 * len(a.scripts.split(",")) * len(STAGES) * len(sizes[1:])   # seconds kept for the larger shapes' DeepSpeed runs
+        n_later = len(a.scripts.split(",")) * len(a.stages.split(",")) * len(sizes[1:])   # the larger shapes' DeepSpeed runs
+        reserve = max(45 * n_later, a.ds_timeout if n_later else 0)                         # seconds kept for them
         try: r = subprocess.run(cmd, env=trl_env, timeout=min(3600, max(60, left() - reserve)), capture_output=True, text=True)
         except subprocess.TimeoutExpired: log("bench/run.py: timed out", file=logf)
         else: log(f"bench/run.py exit {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}", file=logf)
-    if left() > 60 and not a.smoke:   # where the generation gap comes from: the per-token overhead on this GPU
-        cmd = [sys.executable, str(REPO / "bench" / "generation_overhead.py"), "--device", "cuda", "--threads", "0",
-               "--out", str(out / "generation-overhead-gpu.md")]
-        try: r = subprocess.run(cmd, env=trl_env, timeout=min(120, left()), capture_output=True, text=True)
-        except subprocess.TimeoutExpired: log("generation_overhead.py: timed out", file=logf)
-        else: log(f"generation_overhead.py exit {r.returncode}\n{r.stdout[-1500:]}\n{r.stderr[-1500:]}", file=logf)
     for size in sizes[1:]: ds(size)
     log(f"done in {time.perf_counter() - t_start:.0f} s", file=logf)
 
