@@ -25,6 +25,7 @@ import copy
 import ctypes
 import gc
 import io
+import json
 import math
 import os
 import platform
@@ -913,7 +914,8 @@ def worker_main(a):
     DEVICE = a.device
     if DEVICE != "cpu":
         import torch
-        torch.cuda.set_device(torch.device(DEVICE))   # cuda:N: syncs, memory stats and the name read this device
+        dev = torch.device(DEVICE)                    # cuda:N: syncs, memory stats and the name read this device
+        if dev.index is not None: torch.cuda.set_device(dev)   # plain 'cuda' is the current device already
     name = a.real_worker
     res = real_ppo_ours(a, name.split("+", 1)[1]) if name.startswith("ppo-ours+") else REAL_WORKERS[name](a)
     Path(a.worker_out).write_text(json.dumps(res))
@@ -950,13 +952,23 @@ def real_main(a, argv, info):
                 res[lib].append(run_worker(f"{phase}-{lib}", worker_argv)); loads.append(os.getloadavg()[0])
         results[phase] = res
     results["wall"] = time.perf_counter() - t_start
-    results["loads"] = loads
+    results["loads"], results["load_end"] = loads, os.getloadavg()[0]
     text = report_real(results, a, info)
     log("\n" + text)
     if a.out:
         Path(a.out).write_text(text)
-        log(f"wrote {a.out}")
+        args = {k: sorted(v) if isinstance(v, set) else v for k, v in vars(a).items()}
+        Path(a.out).with_suffix(".json").write_text(json.dumps(dict(results=results, info=info, args=args), indent=1))
+        log(f"wrote {a.out} and its measurements, {Path(a.out).with_suffix('.json')} (--render-json re-renders them)")
     return results
+
+def render_real_json(path: str, out: str = "") -> str:
+    "The report of an earlier real-mode CPU run, from the measurements it saved (no re-run): after a change of the report."
+    d = json.loads(Path(path).read_text())
+    a = argparse.Namespace(**{k: set(v) if k == "only" else v for k, v in d["args"].items()})
+    text = report_real(d["results"], a, d["info"])
+    if out: Path(out).write_text(text)
+    return text
 
 def real_main_gpu(a, argv, info):
     "The real-model benchmark on a GPU: reward-model and PPO steps, ours and TRL alternating, each in a fresh process."
@@ -1040,7 +1052,7 @@ def report_real(results, a, info) -> str:
     med = lambda runs, k: median([r[k] for r in runs])
     ratio = lambda o, t: f"{o / t:.2f}" if t else "n/a"
     pct = lambda x, tot: f"{100 * x / tot:.0f}%" if tot else ""
-    load_end = os.getloadavg()[0]
+    load_end = results.get("load_end", os.getloadavg()[0])
     loads = results.get("loads", [info["load"][0], load_end])
     shared = max(loads + [load_end]) > 1.5
     lines = ["# Benchmark, real models: open-chatgpt vs TRL", "",
@@ -1058,13 +1070,16 @@ def report_real(results, a, info) -> str:
              "libraries alternating.",
              f"Matmul peak (fp32, 1024x1024 @ 1024x1024, same threads), measured at the start: **{peak_cpu / 1e9:.1f} "
              f"GFLOP per CPU second** ({peak / 1e9:.1f} per wall second); each worker measures it again just before its "
-             "timed step and its MFU uses its own value.", ""]
+             "timed step, and every MFU below divides by one common peak: the median of those workers' measurements "
+             "(a worker that happened to measure a low peak of its own would otherwise score a higher MFU).", ""]
     goals = []
     if "ppo" in results:
         o, t = results["ppo"]["ours"], results["ppo"]["trl"]
         props = [(f"ours + {k[5:]}", v) for k, v in results["ppo"].items() if k.startswith("ours+")]
         op = bool(props)
         B = a.ppo_batch_size
+        everyone = o + t + [r for _, pr in props for r in pr]
+        pk_cpu, pk_wall = median([r["peak_flops_cpu"] for r in everyone]), median([r["peak_flops"] for r in everyone])
         lines += [f"## PPO step: {REAL_POLICY} + LoRA (r={REAL_LORA['r']}, alpha {REAL_LORA['lora_alpha']}, "
                   f"{'/'.join(REAL_LORA['target_modules'])}), shared-backbone value head", "",
                   f"Batch {B}, minibatch {a.ppo_mini_batch_size}{_micro_note(a)}, {a.ppo_epochs} epoch(s), {a.max_new_tokens} new tokens "
@@ -1123,12 +1138,12 @@ def report_real(results, a, info) -> str:
                                       ("update + old/ref forwards", fl["train"] + fl["old_ref"], ("update", "logprobs"))):
                 cpu_s = median([sum(r["cpu/" + k] for k in keys) for r in runs])
                 wall_s = median([sum(r[k] for k in keys) for r in runs])
-                mfu_cpu = median([(flops / sum(r["cpu/" + k] for k in keys)) / r["peak_flops_cpu"] for r in runs])
-                mfu_wall = median([(flops / sum(r[k] for k in keys)) / r["peak_flops"] for r in runs])
+                mfu_cpu = median([(flops / sum(r["cpu/" + k] for k in keys)) / pk_cpu for r in runs])
+                mfu_wall = median([(flops / sum(r[k] for k in keys)) / pk_wall for r in runs])
                 mfu_rows.append([f"{name} ({side})", int(TT), flops / 1e9, flops / cpu_s / 1e9,
                                  f"**{100 * mfu_cpu:.1f}%**" if name.startswith("training") else f"{100 * mfu_cpu:.1f}%",
                                  flops / wall_s / 1e9, f"{100 * mfu_wall:.1f}%"])
-        pk = median([r["peak_flops_cpu"] for r in o + t]) / 1e9
+        pks = [r["peak_flops_cpu"] / 1e9 for r in everyone]
         lines += ["### Model FLOPs utilisation of the update", "",
                   f"Matmul parameters: {F / 1e6:.1f} M frozen (embedding lookups excluded, the tied LM head included) + "
                   f"{L / 1e6:.2f} M trainable (LoRA A/B, value head). A LoRA training pass costs (4F + 6L) FLOPs per "
@@ -1136,20 +1151,21 @@ def report_real(results, a, info) -> str:
                   "adapters 2L (the 6N rule would claim 1.5x more work). The old/ref forwards cost 2(F+L) + 2F per token. "
                   "Tokens = real (non-pad) prompt + response tokens of the batch; padding, the LM head on prompt "
                   "positions and attention scores are not counted (they are work, not useful work), so the MFU is a "
-                  f"lower bound. MFU = achieved / the worker's own matmul peak (median {pk:.1f} GFLOP per CPU second).", "",
+                  f"lower bound. MFU = achieved / one matmul peak for every worker, the median of their measurements "
+                  f"({pk_cpu / 1e9:.1f} GFLOP per CPU second; they ranged {min(pks):.1f}-{max(pks):.1f}).", "",
                   markdown_table(["", "tokens", "GFLOP", "GFLOP per CPU s", "MFU (CPU)", "GFLOP per wall s", "MFU (wall)"],
                                  mfu_rows), ""]
         if t[0].get("trl_timing"):
             tk = {k: median([r["trl_timing"].get(k, float('nan')) for r in t]) for k in t[0]["trl_timing"]}
             lines += ["TRL's own `time/ppo/*` of the timed step (wall s): " + ", ".join(f"{k[9:]} {v:.2f}" for k, v in tk.items()), ""]
         r_step = med(o, "cpu/total") / med(t, "cpu/total"); r_rss = max(x["peak_rss"] for x in o) / max(x["peak_rss"] for x in t)
-        mfu = median([(ppo_update_flops(F, L, T[0], a.ppo_epochs)["train"] / r["cpu/update"]) / r["peak_flops_cpu"] for r in o])
+        mfu = median([(ppo_update_flops(F, L, T[0], a.ppo_epochs)["train"] / r["cpu/update"]) / pk_cpu for r in o])
         goals += [("PPO step <= 0.8x TRL's time (CPU)", f"{r_step:.2f}x", r_step <= 0.8),
                   ("peak RSS <= 0.6x TRL's (whole process)", f"{r_rss:.2f}x", r_rss <= 0.6),
                   ("training MFU >= 50% of the matmul peak", f"{100 * mfu:.1f}%", mfu >= 0.5)]
         for i, (name, pr) in enumerate(props, 1):
             r2 = med(pr, "cpu/total") / med(t, "cpu/total"); rs2 = max(x["peak_rss"] for x in pr) / max(x["peak_rss"] for x in t)
-            m2 = median([(ppo_update_flops(F, L, T[i], a.ppo_epochs)["train"] / r["cpu/update"]) / r["peak_flops_cpu"] for r in pr])
+            m2 = median([(ppo_update_flops(F, L, T[i], a.ppo_epochs)["train"] / r["cpu/update"]) / pk_cpu for r in pr])
             goals += [(f"... {name}: PPO step", f"{r2:.2f}x", r2 <= 0.8),
                       (f"... {name}: peak RSS", f"{rs2:.2f}x", rs2 <= 0.6),
                       (f"... {name}: training MFU", f"{100 * m2:.1f}%", m2 >= 0.5)]
@@ -1163,8 +1179,9 @@ def report_real(results, a, info) -> str:
         rows.append(["**reward-model training step (CPU s/step)**", so, st, f"**{ratio(so, st)}**"])
         rows.append(["reward-model training step (wall s/step)", wo, wt, ratio(wo, wt)])
         rows.append(["tokens per CPU s", tok_n / N / so, tok_n / N / st, ratio(st, so) + " (TRL/ours)"])
-        mo = median([train_flops(n_mm, tok_n) / r["cpu/total"] / r["peak_flops_cpu"] for r in o])
-        mt = median([train_flops(n_mm, tok_n) / r["cpu/total"] / r["peak_flops_cpu"] for r in t])
+        pk_rm = median([r["peak_flops_cpu"] for r in o + t])                  # one common peak, as for PPO
+        mo = median([train_flops(n_mm, tok_n) / r["cpu/total"] / pk_rm for r in o])
+        mt = median([train_flops(n_mm, tok_n) / r["cpu/total"] / pk_rm for r in t])
         rows.append(["MFU (6 x matmul params x real tokens, CPU time)", f"{100 * mo:.1f}%", f"{100 * mt:.1f}%", ""])
         for k, name in (("peak_rss", "peak RSS during training (MiB, whole process)"),
                         ("peak_above_start", "peak RSS above start (MiB)")):
@@ -1213,6 +1230,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="tiny sizes (smoke test, ~1 min)")
     p.add_argument("--only", default="all", help="comma list of: agreement,reward,ppo,generation (default all)")
+    p.add_argument("--render-json", default="", help="re-render the report of a real-mode run from the measurements it "
+                   "saved (OUT.json beside its OUT.md) into --out, without running anything")
     p.add_argument("--out", default=None, help="Markdown results file (default bench/results.md; --quick: none; '' to skip)")
     p.add_argument("--real", action="store_true",
                    help="real models: SmolLM2-135M-Instruct + LoRA (PPO), MiniLM (reward model); each measurement in a "
@@ -1272,6 +1291,9 @@ def main(argv=None):
         os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
         os.execv(sys.executable, [sys.executable, *sys.argv])
     a = parse_args(argv)
+    if a.render_json:
+        text = render_real_json(a.render_json, a.out if a.out is not None else "")
+        print(text); return
     t_start = time.perf_counter()
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -167,6 +167,24 @@ def test_report_real_goals():
     assert "| PPO step <= 0.8x TRL's time (CPU) | 0.90x | **no** |" in text
 
 
+def test_report_real_common_peak_and_render_json(tmp_path):
+    "Every MFU divides by one peak (the median of the workers' measurements), not by each worker's own; a run's saved "
+    "measurements re-render into the same report."
+    b = _load()
+    a = b.parse_args(["--real"])
+    info = dict(cpu="test cpu", cores=2, python="3", load=(0.5, 0.5, 0.5), threads=1)
+    runs = {"ours": [_fake_ppo_run(0.7, 500) for _ in range(3)], "trl": [_fake_ppo_run(1.0, 1000) for _ in range(3)]}
+    for r in runs["ours"]: r["peak_flops_cpu"] = 50e9      # ours measured half the peak: its own would double its MFU
+    res = {"peak_flops": 50e9, "peak_flops_cpu": 100e9, "ppo": runs, "wall": 1.0, "loads": [0.5], "load_end": 0.5}
+    text = b.report_real(res, a, info)
+    # the median over the 6 workers is 75 GFLOP/s: 38.7% x 100 / 75 = 51.6% (its own 50 GFLOP/s would give 77.4%)
+    assert "| training MFU >= 50% of the matmul peak | 51.6% | yes |" in text, text[-600:]
+    assert "they ranged 50.0-100.0" in text
+    import json
+    args = {k: sorted(v) if isinstance(v, set) else v for k, v in vars(a).items()}
+    (tmp_path / "r.json").write_text(json.dumps(dict(results=res, info=info, args=args)))
+    assert b.render_real_json(str(tmp_path / "r.json"), str(tmp_path / "r.md")) == text == (tmp_path / "r.md").read_text()
+
 def test_report_real_gpu():
     "The GPU report: wall-time medians and ratios, peak GPU memory (max over repeats), MFU against the fp32 peak."
     b = _load()
@@ -218,6 +236,13 @@ def test_gpu_driver_table_and_render(tmp_path):
     merged = json.loads((tmp_path / "merged.json").read_text())
     assert [r["script"] for r in merged["runs"]] == ["train_sft", "train_ppo"]   # SIZES x scripts x stages order
     assert (tmp_path / "merged.md").read_text().startswith("DeepSpeed scripts on **Test GPU**")
+    ok = dict(m, script="train_ppo", deepspeed="zero3", zero_stage=3, n_params=ppo["n_params"])  # a later call measured it
+    c = tmp_path / "c.json"; c.write_text(json.dumps(dict(device="Test GPU", runs=[ok])))
+    g.render([str(a), str(b_), str(c)], tmp_path / "merged")
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    assert len(merged["runs"]) == 2 and "error" not in merged["runs"][1]     # the measured row replaces the stopped one
+    g.render([str(c), str(a)], tmp_path / "merged")                          # in either order
+    assert "error" not in json.loads((tmp_path / "merged.json").read_text())["runs"][0]
     b_.write_text(json.dumps(dict(device="Other GPU", runs=[m])))
     with pytest.raises(SystemExit, match="different devices"): g.render([str(a), str(b_)], tmp_path / "merged")
 
