@@ -33,8 +33,8 @@ from .data import get_tokenizer, hh_prompt, is_quick, load_preferences, load_pro
 from .evaluation import (JudgeConfig, best_of_n, load_or_train_judge, load_qa_probe, paired_flips,
                                      plot_overoptimisation, pooled_win_rate, qa_accuracy, qa_score, sample_answers,
                                      summarize_answers)
-from .plumbing import (atomic_write_text, context_length, peak_rss_gib, read_metrics, stage_dir,
-                                   write_jsonl)
+from .plumbing import (RESUMABLE, atomic_write_text, changed_settings, context_length, peak_rss_gib,
+                                   read_metrics, stage_dir, write_jsonl)
 from .ppo import (PPOConfig, make_ppo_models, plot_dials, reward_critic_problem, reward_model_fn, rollout,
                              same_tokenizer, train_ppo)
 from .ppo_core import AdaptiveKLController
@@ -715,6 +715,16 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 # %% ../nbs/10_pipeline.ipynb #04ca46e8
+def _check_unfinished(d: Path, now: dict, resume: bool) -> None:
+    "An unfinished RL stage continues only with the settings it began with (its length may change); record them."
+    if resume and (d / "settings.json").exists():
+        changed = changed_settings(json.loads((d / "settings.json").read_text()), now)
+        if changed: raise ValueError(f"{d} is an unfinished run that began with other settings ({', '.join(changed)} "
+                                     f"changed since; see {d / 'settings.json'}): resume it with those settings (only "
+                                     f"{', '.join(RESUMABLE)} may change), or delete {d} to train this stage again")
+    d.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(d / "settings.json", json.dumps(now, indent=2))
+
 def run_pipeline(cfg: PipelineConfig, resume: bool = False, stop_after_steps: Optional[int] = None, log=print) -> dict:
     "SFT -> reward model -> gold judge -> RL -> evaluation; with `resume`, finished stages are skipped."
     check_config(cfg)
@@ -734,6 +744,7 @@ def run_pipeline(cfg: PipelineConfig, resume: bool = False, stop_after_steps: Op
         else: run(cfg, log)
     run_judge(cfg, log)
     if not done_before:
+        _check_unfinished(out / cfg.algo, rl_settings(cfg), resume)    # written when the stage begins, checked on resume
         done = RL_STAGES[cfg.algo](cfg, resume=resume, stop_after_steps=stop_after_steps, log=log)
         if "stopped_at" in done: return done
     summary = run_eval(cfg, log)

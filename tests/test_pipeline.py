@@ -1,5 +1,5 @@
 "The pipeline (chapter 10) and the `open-chatgpt` command: end to end at toy size, kill -9 and resume, bad input."
-import json, os, signal, subprocess, sys, time
+import json, os, re, signal, subprocess, sys, time
 from pathlib import Path
 
 import pytest
@@ -244,6 +244,27 @@ def test_resume_refuses_a_finished_stage_trained_with_other_settings(done, tmp_p
     with pytest.raises(ValueError, match="sft_stage changed since"):
         run_pipeline(config_from_args(build_parser().parse_args(["pipeline", "-o", str(run), *TOY])), resume=True)
 
+
+
+def test_resume_refuses_an_unfinished_stage_begun_with_other_settings(done, tmp_path):
+    "An interrupted RL stage (no stage.json yet) continues only with the settings it began with; its length may change."
+    import shutil
+    from open_chatgpt.pipeline import build_parser, config_from_args, run_pipeline
+    run = tmp_path / "run"; shutil.copytree(done, run)
+    (run / "ppo" / "stage.json").unlink()                               # as if the run had been killed after its last save
+    assert (run / "ppo" / "settings.json").exists() and (run / "ppo" / "checkpoints" / "last.pt").exists()
+    cfg = lambda *extra: config_from_args(build_parser().parse_args(["pipeline", "-o", str(run), *TOY, *extra]))
+    with pytest.raises(ValueError, match="unfinished run that began with other settings \\(seed changed"):
+        run_pipeline(cfg("--seed", "1"), resume=True)
+    from open_chatgpt.plumbing import open_run
+    from open_chatgpt.ppo import PPOConfig
+    was = json.loads((run / "ppo" / "ppo_config.json").read_text()); lr = was["learning_rate"]
+    with pytest.raises(ValueError, match=re.escape(f"learning_rate: {lr!r} -> {lr * 10!r}")):   # the trainer's own check
+        open_run(run / "ppo", True, PPOConfig(**{**was, "learning_rate": lr * 10}), "ppo", load=lambda s: 0)
+    steps = QUICK_RUN["ppo"]["total_steps"]
+    s = run_pipeline(cfg("--ppo-steps", str(steps + 1)), resume=True)   # longer: continues from the last checkpoint
+    assert s["steps"] == steps + 1
+    assert [r["step"] for r in read_metrics(run / "ppo" / "metrics.jsonl")] == list(range(1, steps + 2))
 
 def test_eval_refuses_answers_to_other_prompts(done, tmp_path):
     "The final policy's answers and the SFT answers are paired prompt by prompt: other prompts are an error, not a number."
