@@ -596,10 +596,11 @@ def ppo_minibatch_backward(model: PolicyAndValue, data: dict, idx: torch.Tensor,
         (scale * loss).backward(); return stats
     n, outs = d["mask"][idx].sum(), []                                           # the minibatch's response tokens
     for j, rows in enumerate(chunks):    # each pass's loss is a mean over its own tokens: weight it by its share of n
-        o = out if j == 0 and out is not None else forward_logprobs_values(
-            model, d["input_ids"][rows], d["attention_mask"][rows], d["P"], c.temperature)
-        loss, _ = ppo_minibatch_loss(model, d, rows, c, o)
-        (scale * loss * d["mask"][rows].sum() / n).backward()                    # frees this pass's activations
+        k = d["mask"][rows].sum()                                                # this pass's response tokens
+        with torch.set_grad_enabled(bool(k)):     # a pass without response tokens adds nothing: no backward
+            o = out if j == 0 and out is not None else forward_logprobs_values(
+                model, d["input_ids"][rows], d["attention_mask"][rows], d["P"], c.temperature)
+        if k: (scale * ppo_minibatch_loss(model, d, rows, c, o)[0] * k / n).backward()   # frees its activations
         outs.append((o[0].detach(), o[1].detach()))
     with torch.no_grad():                # the minibatch's statistics, as one pass would give them
         lp, v = torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])  # each (minibatch, R)

@@ -227,3 +227,7 @@ def test_micro_batches_give_the_minibatch_gradient(family, lora):
     assert s0["policy/clipfrac"] > 0
     for a, b in zip(g0, g1): torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
     for k in s0: torch.testing.assert_close(s0[k], s1[k], atol=1e-6, rtol=1e-5)
+    d["mask"] = mask.clone(); d["mask"][perm[1]] = 0                  # a row without response tokens: its pass adds nothing
+    (g0, s0), (g1, s1) = backward(c0, d), backward(c1, d)
+    for a, b in zip(g0, g1): torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    for k in s0: torch.testing.assert_close(s0[k], s1[k], atol=1e-6, rtol=1e-5)
