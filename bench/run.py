@@ -403,6 +403,17 @@ def ppo_agreement(tok, policy, prompts, a, results, pair=None):
                 zip(ours.policy.parameters(), theirs.pretrained_model.parameters()) if po.grad is not None)
     gdiff = max(gdiff, float((ours.v_head.weight.grad - theirs.v_head.summary.weight.grad).abs().max()))
     gmax = max(float(po.grad.abs().max()) for po in ours.parameters() if po.grad is not None)
+    # the same loss through our micro-batch path (one unpadded row per forward/backward, as the real run trains)
+    import dataclasses
+    ours.zero_grad(set_to_none=True)
+    data = dict(input_ids=ids, attention_mask=am, P=Pw, mask=mask, old_logprobs=old_lp, old_values=old_v,
+                advantages=adv, returns=ret)
+    m_stats = P.ppo_minibatch_backward(ours, data, torch.arange(len(ids)), dataclasses.replace(cfg, micro_batch_size=1))
+    gdiff_m = max(float((po.grad - pt.grad).abs().max()) for po, pt in
+                  zip(ours.policy.parameters(), theirs.pretrained_model.parameters()) if po.grad is not None)
+    gdiff_m = max(gdiff_m, float((ours.v_head.weight.grad - theirs.v_head.summary.weight.grad).abs().max()))
+    m_total = float(m_stats["loss/policy"]) + cfg.vf_coef * float(m_stats["loss/value"])
+    agree.update(ppo_micro_total_loss=abs(m_total - float(trl_total)), ppo_micro_grad_rel=gdiff_m / max(gmax, 1e-30))
     agree.update(ppo_kl=float(masked_mean(old_lp - ref_lp, mask)), ppo_policy_loss=abs(float(pg) - float(t_pg)), ppo_value_loss=abs(float(cfg.vf_coef * vf) - float(t_vf)),
                  ppo_total_loss=abs(float(our_total) - float(trl_total)), ppo_grad=gdiff, ppo_grad_rel=gdiff / max(gmax, 1e-30),
                  ppo_total_value=float(our_total), ppo_clipfrac=float(pg_stats["policy/clipfrac"]),
@@ -412,6 +423,8 @@ def ppo_agreement(tok, policy, prompts, a, results, pair=None):
     log(f"  PPO total loss ours {float(our_total):.6f}  TRL {float(trl_total):.6f}  |diff| {agree['ppo_total_loss']:.2e}  "
         f"(policy {agree['ppo_policy_loss']:.2e}, value {agree['ppo_value_loss']:.2e}); clipfrac ours "
         f"{agree['ppo_clipfrac']:.3f} TRL {agree['trl_clipfrac']:.3f}; max |grad diff| {gdiff:.2e}")
+    log(f"  micro-batches of one row: |total loss diff| {agree['ppo_micro_total_loss']:.2e}, relative grad diff "
+        f"{agree['ppo_micro_grad_rel']:.2e}")
     log("  per-token max |diff|: " + ", ".join(f"{k[4:]} {agree[k]:.1e}" for k in
         ("ppo_logprobs", "ppo_ref_logprobs", "ppo_values", "ppo_rewards", "ppo_advantages", "ppo_returns")))
 
@@ -893,7 +906,8 @@ REAL_WORKERS = {"ppo-ours": real_ppo_ours, "ppo-trl": real_ppo_trl, "agreement":
 # rewards, advantages, returns and losses; log-probs and values 1e-4 (30 fp32 layers, each library with its own padding
 # side, so its own attention blocking: ~3e-5 seen); gradients relative to their largest entry
 REAL_TOLERANCES = dict(ppo_logprobs=1e-4, ppo_ref_logprobs=1e-4, ppo_values=1e-4, ppo_rewards=1e-5, ppo_advantages=1e-5,
-                       ppo_returns=1e-5, ppo_policy_loss=1e-5, ppo_value_loss=1e-5, ppo_total_loss=1e-5, ppo_grad_rel=1e-3)
+                       ppo_returns=1e-5, ppo_policy_loss=1e-5, ppo_value_loss=1e-5, ppo_total_loss=1e-5, ppo_grad_rel=1e-3,
+                       ppo_micro_total_loss=1e-5, ppo_micro_grad_rel=1e-3)   # the same, through micro-batches of one row
 
 def run_worker(name: str, argv: list) -> dict:
     "Run one real-mode measurement in a fresh interpreter (honest RSS peaks, no state shared between libraries)."
@@ -1203,10 +1217,13 @@ def report_real(results, a, info) -> str:
     if ag:
         fe = lambda x: f"{x:.2e}" if isinstance(x, float) else str(x)
         keys = [f"ppo_{k}" for k in ("logprobs", "ref_logprobs", "values", "rewards", "advantages", "returns")] + \
-               ["ppo_policy_loss", "ppo_value_loss", "ppo_total_loss", "ppo_grad", "ppo_grad_rel"]
+               ["ppo_policy_loss", "ppo_value_loss", "ppo_total_loss", "ppo_grad", "ppo_grad_rel", "ppo_micro_total_loss",
+                "ppo_micro_grad_rel"]
         names = {"ppo_policy_loss": "PPO: policy loss", "ppo_value_loss": "PPO: value loss (x vf_coef)",
                  "ppo_total_loss": "PPO: total loss", "ppo_grad": "PPO: gradients (LoRA + value head), abs",
-                 "ppo_grad_rel": "PPO: gradients, relative to the largest"}
+                 "ppo_grad_rel": "PPO: gradients, relative to the largest",
+                 "ppo_micro_total_loss": "PPO, micro-batches of one row: total loss",
+                 "ppo_micro_grad_rel": "PPO, micro-batches of one row: gradients, relative"}
         rows = [[names.get(k, "PPO per token: " + k[4:]), fe(ag[k]), fe(REAL_TOLERANCES.get(k, float("nan")))
                  if k in REAL_TOLERANCES else "", ("yes" if ag[k] <= REAL_TOLERANCES[k] else "**no**")
                  if k in REAL_TOLERANCES else ""] for k in keys if k in ag]

@@ -274,14 +274,14 @@ def test_real_agreement_with_trl(tmp_path):
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if line.startswith("| PPO") and len(cells) == 4: rows[cells[0]] = cells[1:]
     b = _load()
-    assert len(rows) == 11, rows
+    assert len(rows) == 13, rows                                     # 11 + the micro-batch path's loss and gradients
     for name, (diff, tol, within) in rows.items():
         if tol:
             assert float(diff) <= float(tol), (name, diff, tol)
             assert within == "yes", (name, within)
     assert set(b.REAL_TOLERANCES.values()) >= {1e-5}                 # the tiny mode's tolerance for the losses
     for k in ("PPO per token: logprobs", "PPO per token: values", "PPO per token: advantages", "PPO: total loss",
-              "PPO: gradients, relative to the largest"):
+              "PPO: gradients, relative to the largest", "PPO, micro-batches of one row: gradients, relative"):
         assert rows[k][1], k                                         # each of these has a tolerance and was checked
     clip = float(re.search(r"clip fraction ours ([0-9.]+)", text).group(1))
     kl = float(re.search(r"KL to the reference ([0-9.]+)", text).group(1))
