@@ -716,14 +716,15 @@ def format_summary(s: dict) -> str:
 
 # %% ../nbs/10_pipeline.ipynb #04ca46e8
 def _check_unfinished(d: Path, now: dict, resume: bool) -> None:
-    "An unfinished RL stage continues only with the settings it began with (its length may change); record them."
-    if resume and (d / "settings.json").exists():
+    "An unfinished RL stage continues only with the settings it began with (its length may change); a fresh one records them."
+    if not (resume and (d / "checkpoints" / "last.pt").exists()):                 # the stage starts afresh
+        d.mkdir(parents=True, exist_ok=True); atomic_write_text(d / "settings.json", json.dumps(now, indent=2)); return
+    if (d / "settings.json").exists():                                          # (a run from before this check: none)
         changed = changed_settings(json.loads((d / "settings.json").read_text()), now)
         if changed: raise ValueError(f"{d} is an unfinished run that began with other settings ({', '.join(changed)} "
                                      f"changed since; see {d / 'settings.json'}): resume it with those settings (only "
-                                     f"{', '.join(RESUMABLE)} may change), or delete {d} to train this stage again")
-    d.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(d / "settings.json", json.dumps(now, indent=2))
+                                     f"{', '.join(RESUMABLE)} may change, not DPO's max_steps), or delete {d} to train "
+                                     "this stage again")
 
 def run_pipeline(cfg: PipelineConfig, resume: bool = False, stop_after_steps: Optional[int] = None, log=print) -> dict:
     "SFT -> reward model -> gold judge -> RL -> evaluation; with `resume`, finished stages are skipped."
@@ -733,9 +734,10 @@ def run_pipeline(cfg: PipelineConfig, resume: bool = False, stop_after_steps: Op
     if done_before:                                   # a finished stage is reused only with the settings it ran with
         was, now = _stage_info(out / cfg.algo).get("settings"), rl_settings(cfg)
         changed = sorted(k for k in set(was or {}) | set(now) if was is not None and was.get(k) != now.get(k))
+        more = ("DPO's learning-rate schedule is built from max_steps, so a longer DPO run starts afresh" if cfg.algo == "dpo"
+                else f"to train it for more steps, delete only {out / cfg.algo / 'stage.json'} and --resume")
         if changed: raise ValueError(f"{out / cfg.algo} ran with other settings ({', '.join(changed)} changed since): delete "
-                                     f"{out / cfg.algo} to train this stage again (SFT and reward model are kept), or, to "
-                                     f"train it for more steps, delete only {out / cfg.algo / 'stage.json'} and --resume")
+                                     f"{out / cfg.algo} to train this stage again (SFT and reward model are kept); {more}")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "pipeline_config.json", json.dumps(asdict(cfg), indent=2))
     t0, load_avg = time.perf_counter(), [round(x, 2) for x in os.getloadavg()[:1]]

@@ -72,9 +72,9 @@ RESUMABLE = ("total_steps", "save_every", "eval_every", "output_dir", "micro_bat
              "eval_batch_size", "kl_samples", "kl_max_new_tokens")   # may change on resume: length, logging, memory
 
 def changed_settings(old: dict, new: dict, free: tuple = RESUMABLE) -> list[str]:
-    "The settings whose values differ between `old` and `new` (nested dicts by dotted names), except the `free` ones."
+    "The settings of `old` whose values differ in `new` (nested dicts by dotted names), except the `free` ones."
     out = []
-    for k in sorted(set(old) | set(new)):
+    for k in sorted(old):                            # a key `old` lacks was added to the config since: not compared
         a, b = old.get(k), new.get(k)
         if k in free or a == b: continue
         out += [f"{k}.{x}" for x in changed_settings(a, b, free)] if isinstance(a, dict) and isinstance(b, dict) else [k]

@@ -254,8 +254,10 @@ def test_resume_refuses_an_unfinished_stage_begun_with_other_settings(done, tmp_
     (run / "ppo" / "stage.json").unlink()                               # as if the run had been killed after its last save
     assert (run / "ppo" / "settings.json").exists() and (run / "ppo" / "checkpoints" / "last.pt").exists()
     cfg = lambda *extra: config_from_args(build_parser().parse_args(["pipeline", "-o", str(run), *TOY, *extra]))
+    recorded = (run / "ppo" / "settings.json").read_text()
     with pytest.raises(ValueError, match="unfinished run that began with other settings \\(seed changed"):
         run_pipeline(cfg("--seed", "1"), resume=True)
+    assert (run / "ppo" / "settings.json").read_text() == recorded        # a refused resume records nothing
     from open_chatgpt.plumbing import open_run
     from open_chatgpt.ppo import PPOConfig
     was = json.loads((run / "ppo" / "ppo_config.json").read_text()); lr = was["learning_rate"]
