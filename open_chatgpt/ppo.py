@@ -594,13 +594,13 @@ def ppo_minibatch_backward(model: PolicyAndValue, data: dict, idx: torch.Tensor,
     if len(chunks) == 1:                                                         # the whole minibatch in one pass
         loss, stats = ppo_minibatch_loss(model, d, idx, c, out)
         (scale * loss).backward(); return stats
-    n, outs = d["mask"][idx].sum(), []                                           # the minibatch's response tokens
-    for j, rows in enumerate(chunks):    # each pass's loss is a mean over its own tokens: weight it by its share of n
-        k = d["mask"][rows].sum()                                                # this pass's response tokens
-        with torch.set_grad_enabled(bool(k)):     # a pass without response tokens adds nothing: no backward
+    ks = torch.stack([d["mask"][rows].sum() for rows in chunks]).tolist()      # each pass's response tokens (one sync)
+    n, outs = sum(ks), []                                                        # the minibatch's response tokens
+    for j, (rows, k) in enumerate(zip(chunks, ks)):  # each pass's loss is a mean over its own tokens: weight by k / n
+        with torch.set_grad_enabled(k > 0):       # a pass without response tokens adds nothing: no backward
             o = out if j == 0 and out is not None else forward_logprobs_values(
                 model, d["input_ids"][rows], d["attention_mask"][rows], d["P"], c.temperature)
-        if k: (scale * ppo_minibatch_loss(model, d, rows, c, o)[0] * k / n).backward()   # frees its activations
+        if k: (scale * ppo_minibatch_loss(model, d, rows, c, o)[0] * (k / n)).backward()   # frees its activations
         outs.append((o[0].detach(), o[1].detach()))
     with torch.no_grad():                # the minibatch's statistics, as one pass would give them
         lp, v = torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])  # each (minibatch, R)
