@@ -73,10 +73,11 @@ def profile_table(fn, sync, n_tokens, device) -> str:
     with profile(activities=acts) as pr:
         fn(); sync()
     counts = collections.Counter(e.name for e in pr.events())
-    keys = ("cudaLaunchKernel", "cudaStreamSynchronize", "cudaMemcpyAsync", "cudaDeviceSynchronize", "aten::item",
+    counts["kernel launches (all kinds)"] = sum(v for k, v in counts.items() if "LaunchKernel" in k)
+    keys = ("kernel launches (all kinds)", "cudaLaunchKernel", "cudaStreamSynchronize", "cudaMemcpyAsync", "cudaDeviceSynchronize", "aten::item",
             "aten::nonzero", "aten::cat", "aten::to", "aten::copy_")
     per = ", ".join(f"{k} {counts.get(k, 0) / n_tokens:.1f}" for k in keys)
-    return (f"per token: {per}\n\n```\n" + pr.key_averages().table(sort_by="self_cpu_time_total", row_limit=25,
+    return (f"per token (the run's totals, prefill included, / {n_tokens}): {per}\n\n```\n" + pr.key_averages().table(sort_by="self_cpu_time_total", row_limit=25,
                                                                      max_name_column_width=45) + "\n```\n")
 
 
@@ -128,7 +129,8 @@ def main():
              f"Device: {dev} ({a.device}, {torch.get_num_threads()} torch thread(s), load {os.getloadavg()[0]:.2f}); "
              f"torch {torch.__version__}, transformers {transformers.__version__}. SmolLM2's 30 layers at width {width} "
              f"({a.shape}) + LoRA, random weights, fp32, batch {B}, prompts {P} tokens (half left-padded), {N} new tokens "
-             f"sampled (no row ends early); median of {a.repeats} runs, order alternating.", "",
+             f"sampled (random weights: a row ends early only if it samples the EOS id by chance); median of {a.repeats} "
+             "runs, order alternating.", "",
              "| sampler | ms per token (median) | all runs |", "|---|---|---|"]
     lines += [f"| {k} | {statistics.median(v):.2f} | {', '.join(f'{x:.1f}' for x in v)} |" for k, v in times.items()]
     text = "\n".join(lines) + "\n"
@@ -136,10 +138,10 @@ def main():
     if a.out: Path(a.out).write_text(text)
     if a.profile:
         d = Path(a.profile); d.mkdir(parents=True, exist_ok=True)
-        for i, (k, f) in enumerate(list(fns.items())[:2]):
-            (d / f"generation-profile-{i}.md").write_text(f"# {k}: {dev}, width {width}, 16 tokens\n\n"
-                                                           + profile_table(lambda: f(16), sync, 16, a.device))
-            print(f"profile of {k} -> {d / f'generation-profile-{i}.md'}")
+        for tag, (k, f) in zip(("ours", "hf"), list(fns.items())[:2]):
+            (d / f"generation-profile-{tag}.md").write_text(f"# {k}: {dev}, width {width}, 16 tokens\n\n"
+                                                             + profile_table(lambda: f(16), sync, 16, a.device))
+            print(f"profile of {k} -> {d / f'generation-profile-{tag}.md'}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ the benchmark's, with TRL 0.11.4 and transformers 4.45), given as extra import p
 --random-init DIR: no weights can be downloaded (an offline GPU machine): build SmolLM2-135M-Instruct and MiniLM-L6
 from their config and tokenizer files in DIR/<name>/ with random weights. Timings do not depend on the weights, except
 that random weights never stop early, so every response runs to the token limit. Writes OUT/gpu-ds.json,
-OUT/gpu-ds.md, OUT/results-real-gpu.md and OUT/gpu-log.txt.
+OUT/gpu-ds.md, OUT/results-real-gpu.md (+ .json, the measurements), OUT/generation-overhead-gpu.md,
+OUT/generation-profile-{ours,hf}.md and OUT/gpu-log.txt.
 """
 import argparse
 import json

@@ -8,6 +8,8 @@ candidate speed-ups, without changing the library: each candidate is a context m
 
 Phases: generation (`rollout`), scoring (`score`), old + ref log-probs and values (`batched_forward` inside
 `ppo_step`, no grad), update (the rest of `ppo_step`: minibatch forwards with grad, backward, Adam, GAE, stats).
+The baseline is run.py's `ppo-ours` worker as it is now, so on a CPU it trains in micro-batches of one row
+(`--ppo-micro-batch-size`, default 1 there); the `whole_minibatch` candidate measures one padded pass per minibatch.
 Runs in the project's venv too (transformers 5), or in bench/.venv (transformers 4.45, as the benchmark).
 Writes bench/profile-real.md (--out to change; '' to skip).
 """

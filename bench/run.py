@@ -405,10 +405,13 @@ def ppo_agreement(tok, policy, prompts, a, results, pair=None):
     gmax = max(float(po.grad.abs().max()) for po in ours.parameters() if po.grad is not None)
     # the same loss through our micro-batch path (one unpadded row per forward/backward, as the real run trains)
     import dataclasses
+    with_grad = [n for n, po in ours.named_parameters() if po.grad is not None]
     ours.zero_grad(set_to_none=True)
     data = dict(input_ids=ids, attention_mask=am, P=Pw, mask=mask, old_logprobs=old_lp, old_values=old_v,
                 advantages=adv, returns=ret)
     m_stats = P.ppo_minibatch_backward(ours, data, torch.arange(len(ids)), dataclasses.replace(cfg, micro_batch_size=1))
+    if [n for n, po in ours.named_parameters() if po.grad is not None] != with_grad:
+        raise RuntimeError("the micro-batch path left other parameters without a gradient than the whole-batch pass")
     gdiff_m = max(float((po.grad - pt.grad).abs().max()) for po, pt in
                   zip(ours.policy.parameters(), theirs.pretrained_model.parameters()) if po.grad is not None)
     gdiff_m = max(gdiff_m, float((ours.v_head.weight.grad - theirs.v_head.summary.weight.grad).abs().max()))
@@ -970,17 +973,20 @@ def real_main(a, argv, info):
     text = report_real(results, a, info)
     log("\n" + text)
     if a.out:
-        Path(a.out).write_text(text)
-        args = {k: sorted(v) if isinstance(v, set) else v for k, v in vars(a).items()}
-        Path(a.out).with_suffix(".json").write_text(json.dumps(dict(results=results, info=info, args=args), indent=1))
+        Path(a.out).write_text(text); _save_measurements(a, results, info)
         log(f"wrote {a.out} and its measurements, {Path(a.out).with_suffix('.json')} (--render-json re-renders them)")
     return results
+
+def _save_measurements(a, results, info) -> None:
+    "Every worker's measurements and the run's arguments beside the report (OUT.json): --render-json re-renders them."
+    args = {k: sorted(v) if isinstance(v, set) else v for k, v in vars(a).items()}
+    Path(a.out).with_suffix(".json").write_text(json.dumps(dict(results=results, info=info, args=args), indent=1))
 
 def render_real_json(path: str, out: str = "") -> str:
     "The report of an earlier real-mode CPU run, from the measurements it saved (no re-run): after a change of the report."
     d = json.loads(Path(path).read_text())
     a = argparse.Namespace(**{k: set(v) if k == "only" else v for k, v in d["args"].items()})
-    text = report_real(d["results"], a, d["info"])
+    text = (report_real_gpu if "gpu" in d["info"] else report_real)(d["results"], a, d["info"])
     if out: Path(out).write_text(text)
     return text
 
@@ -998,10 +1004,11 @@ def real_main_gpu(a, argv, info):
                 res[lib].append(run_worker(f"{phase}-{lib}", list(argv)))
         results[phase] = res
     results["wall"] = time.perf_counter() - t_start
+    results["random_weights"] = bool(os.environ.get("BENCH_RANDOM_WEIGHTS"))
     text = report_real_gpu(results, a, info)
     log("\n" + text)
     if a.out:
-        Path(a.out).write_text(text); log(f"wrote {a.out}")
+        Path(a.out).write_text(text); _save_measurements(a, results, info); log(f"wrote {a.out}")
     return results
 
 def report_real_gpu(results, a, info) -> str:
@@ -1018,7 +1025,8 @@ def report_real_gpu(results, a, info) -> str:
              "each call of the timed forward functions (both libraries'), which adds a few queue drains to each step."
              + (" **Random weights** (no weights could be downloaded on the GPU machine: bench/gpu.py "
                 "--random-init built both models from their configs), so no response ends early: every one runs to the "
-                "token limit, in both libraries." if os.environ.get("BENCH_RANDOM_WEIGHTS") else ""), ""]
+                "token limit, in both libraries." if results.get("random_weights", os.environ.get("BENCH_RANDOM_WEIGHTS"))
+                else ""), ""]
     if "ppo" in results:
         o, t = results["ppo"]["ours"], results["ppo"]["trl"]
         B = a.ppo_batch_size
@@ -1031,6 +1039,7 @@ def report_real_gpu(results, a, info) -> str:
             wo, wt = med(o, k), med(t, k)
             rows.append([name, f"{wo:.3f}", f"{wt:.3f}", ratio(wo, wt) if wt >= 0.005 else "n/a"])   # ms: noise
         resp = [med(r, "response_tokens") for r in (o, t)]
+        rows.append(["PPO step, each run in order (s)", *[", ".join(f"{x['total']:.2f}" for x in r) for r in (o, t)], ""])
         rows.append(["response tokens in the batch", *[f"{x:.0f}" for x in resp], ""])
         rows.append(["generation: new tokens per s", *[f"{x / med(r, 'generation'):.0f}" for x, r in zip(resp, (o, t))],
                      ratio(resp[1] / med(t, "generation"), resp[0] / med(o, "generation")) + " (TRL/ours)"])
@@ -1040,14 +1049,15 @@ def report_real_gpu(results, a, info) -> str:
         rows.append(["peak GPU memory reserved by the allocator (GiB)", f"{rr[0]:.2f}", f"{rr[1]:.2f}", ratio(*rr)])
         F, L = o[0]["frozen"], o[0]["trainable"]
         T = [med(r, "prompt_tokens") + med(r, "response_tokens") for r in (o, t)]
-        mfu = [median([ppo_update_flops(F, L, TT, a.ppo_epochs)["train"] / x["update"] / x["peak_flops"] for x in r])
+        pk = median([x["peak_flops"] for x in o + t])                    # one common peak: the workers' median
+        mfu = [median([ppo_update_flops(F, L, TT, a.ppo_epochs)["train"] / x["update"] / pk for x in r])
                for TT, r in zip(T, (o, t))]
         rows.append(["update MFU vs the measured fp32 matmul peak", *[f"{100 * m:.1f}%" for m in mfu], ""])
         lines += [markdown_table(["", "open-chatgpt", "TRL", "ours / TRL"], rows), "",
                   f"Measured matmul peak of the GPU (8192^3, median over the workers): fp32 "
                   f"{median([x['peak_flops'] for x in o + t]) / 1e12:.1f} TFLOP/s, bf16 "
                   f"{median([x['peak_flops_bf16'] for x in o + t]) / 1e12:.0f} TFLOP/s. MFU counts (4F + 6L) FLOPs per "
-                  "real token of the update (as in the CPU table) over its wall time.", ""]
+                  "real token of the update (as in the CPU table) over its wall time, against the fp32 median.", ""]
     if "reward" in results:
         o, t = results["reward"]["ours"], results["reward"]["trl"]
         N = o[0]["steps"]
@@ -1084,8 +1094,10 @@ def report_real(results, a, info) -> str:
              "libraries alternating.",
              f"Matmul peak (fp32, 1024x1024 @ 1024x1024, same threads), measured at the start: **{peak_cpu / 1e9:.1f} "
              f"GFLOP per CPU second** ({peak / 1e9:.1f} per wall second); each worker measures it again just before its "
-             "timed step, and every MFU below divides by one common peak: the median of those workers' measurements "
-             "(a worker that happened to measure a low peak of its own would otherwise score a higher MFU).", ""]
+             "timed step. Every MFU below divides by one common peak, not by each worker's own (a worker that happened "
+             "to measure a low peak would otherwise score a higher MFU): for PPO the median over the PPO workers (per "
+             "CPU second for the CPU columns, per wall second for the wall columns), for the reward model the median "
+             "over its workers.", ""]
     goals = []
     if "ppo" in results:
         o, t = results["ppo"]["ours"], results["ppo"]["trl"]
@@ -1290,7 +1302,7 @@ def parse_args(argv=None):
         a.repeats = min(a.repeats, 1); a.gen_batch_size, a.gen_tokens = 2, 8
     for k, v in sizes.items():
         if getattr(a, k) is None: setattr(a, k, v)
-    if a.out is None: a.out = "" if a.quick else str(HERE / (("results-real.md" if a.device == "cpu" else "results-real-gpu.md")
+    if a.out is None and not a.render_json: a.out = "" if a.quick else str(HERE / (("results-real.md" if a.device == "cpu" else "results-real-gpu.md")
                                                              if a.real else "results.md"))
     if a.device != "cpu" and not a.real: p.error("--device is for the real mode: add --real")
     a.only = set(a.only.split(",")) if a.only != "all" else {"agreement", "reward", "ppo", "generation"}
@@ -1309,7 +1321,7 @@ def main(argv=None):
         os.execv(sys.executable, [sys.executable, *sys.argv])
     a = parse_args(argv)
     if a.render_json:
-        text = render_real_json(a.render_json, a.out if a.out is not None else "")
+        text = render_real_json(a.render_json, a.out or "")          # no --out: print only, overwrite nothing
         print(text); return
     t_start = time.perf_counter()
     warnings.filterwarnings("ignore")

@@ -184,6 +184,7 @@ def test_report_real_common_peak_and_render_json(tmp_path):
     args = {k: sorted(v) if isinstance(v, set) else v for k, v in vars(a).items()}
     (tmp_path / "r.json").write_text(json.dumps(dict(results=res, info=info, args=args)))
     assert b.render_real_json(str(tmp_path / "r.json"), str(tmp_path / "r.md")) == text == (tmp_path / "r.md").read_text()
+    assert b.parse_args(["--real", "--render-json", "r.json"]).out is None   # no --out: print, overwrite no committed file
 
 def test_report_real_gpu():
     "The GPU report: wall-time medians and ratios, peak GPU memory (max over repeats), MFU against the fp32 peak."
