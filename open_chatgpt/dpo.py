@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 from .data import SFTCollator, _pad, encode_comparison, uses_chat_template
 from .models import is_lora, model_inputs, prepare_model, prepare_tokenizer
 from .plumbing import (append_metrics, atomic_save, atomic_write_text, context_length, model_device,
-                                   open_run, read_metrics, rng_devices, rng_state, seed_everything, set_rng_state,
-                                   write_csv)
+                                   open_run, read_metrics, rng_devices, rng_state, save_figure, seed_everything,
+                                   set_rng_state, write_csv)
 from .ppo import AdapterDisabled, disable_dropout, fresh_lora, lora_trained
 from .ppo_core import logprobs_from_logits
 from .reward import check_pairs, wilson_interval
@@ -392,10 +392,7 @@ def plot_dpo(history: list[dict], path=None, title: str = "DPO", start_loss: flo
     if kl: axs[3].plot(*zip(*kl), "o-")
     axs[3].set(title="KL(policy || ref) per sampled response", xlabel="step", ylabel="nats")
     fig.suptitle(title); fig.tight_layout()
-    if path is not None:
-        path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-        fig.savefig(tmp, dpi=100); os.replace(tmp, path); plt.close(fig)
+    if path is not None: save_figure(fig, path); plt.close(fig)             # atomic, stamped with the machine
     return fig
 
 # %% ../nbs/08_dpo.ipynb #7abc5113

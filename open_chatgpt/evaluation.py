@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .plumbing import atomic_write_text, model_device, rng_devices
+from .plumbing import atomic_write_text, model_device, rng_devices, save_figure
 from .ppo import PPOConfig, PolicyAndValue, forward_logprobs_values, rollout, score
 from .reward import wilson_interval
 
@@ -146,8 +146,7 @@ def plot_overoptimisation(curve: list[dict], bon: Optional[list[dict]] = None, p
     if title: fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     if path is not None:
-        path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp{path.suffix}"); fig.savefig(tmp, dpi=110); tmp.replace(path); plt.close(fig)
+        save_figure(fig, path, dpi=110); plt.close(fig)                      # stamped with the machine
     return fig
 
 # %% ../nbs/07_evaluation.ipynb #9bb1e042

@@ -34,7 +34,7 @@ from .evaluation import (JudgeConfig, best_of_n, load_or_train_judge, load_qa_pr
                                      plot_overoptimisation, pooled_win_rate, qa_accuracy, qa_score, sample_answers,
                                      summarize_answers)
 from .plumbing import (RESUMABLE, atomic_write_text, changed_settings, context_length, peak_rss_gib,
-                                   read_metrics, stage_dir, write_jsonl)
+                                   read_metrics, save_figure, stage_dir, write_jsonl)
 from .ppo import (PPOConfig, make_ppo_models, plot_dials, reward_critic_problem, reward_model_fn, rollout,
                              same_tokenizer, train_ppo)
 from .ppo_core import AdaptiveKLController
@@ -164,7 +164,7 @@ def _plot_curve(rows: list[dict], keys, path: Path, title: str) -> None:
     ax.set_xlabel("step"); ax.set_title(title)
     if ax.lines: ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100); plt.close(fig)
+    save_figure(fig, path); plt.close(fig)
 
 SAMPLING = ("max_new_tokens", "max_prompt_length", "temperature", "top_k", "top_p", "missing_eos_penalty")
 

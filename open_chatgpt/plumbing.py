@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['RESUMABLE', 'atomic_write_text', 'atomic_save', 'write_jsonl', 'read_metrics', 'write_csv', 'changed_settings',
            'open_run', 'append_metrics', 'stage_dir', 'rng_state', 'set_rng_state', 'seed_everything', 'context_length',
-           'model_device', 'rng_devices', 'peak_rss_gib']
+           'model_device', 'rng_devices', 'peak_rss_gib', 'machine_name', 'save_figure']
 
 # %% ../nbs/12_plumbing.ipynb #f8cb2ad3
 import csv
@@ -171,3 +171,20 @@ def peak_rss_gib() -> float:
     import resource, platform
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 2**30 if platform.system() == "Darwin" else kb / 2**20  # macOS reports bytes, Linux KiB
+
+# %% ../nbs/12_plumbing.ipynb #7f5890ce
+def machine_name() -> str:
+    "What this process computes on, for figures: the GPU's name when CUDA is available, else the CPU model and cores."
+    if torch.cuda.is_available(): return torch.cuda.get_device_name()
+    import platform
+    cpu = platform.processor() or platform.machine()
+    try: cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration): pass
+    return f"{cpu}, {os.cpu_count()} CPU cores"
+
+def save_figure(fig, path, dpi: int = 100) -> None:
+    "Save a matplotlib figure atomically (a temporary name, then a rename), stamped with the machine that made it."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    fig.text(0.995, 0.005, f"{machine_name()}; torch {torch.__version__}", ha="right", va="bottom", fontsize=6, color="0.5")
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=dpi); os.replace(tmp, path)

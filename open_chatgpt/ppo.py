@@ -37,7 +37,8 @@ from .models import (accepts_position_ids, hidden_size, is_lora, model_inputs, p
 from .reward import reward_input
 from .sft import is_checkpointing, switch_checkpointing
 from .plumbing import (append_metrics, atomic_save, atomic_write_text, context_length, model_device,
-                                   open_run, read_metrics, rng_state, seed_everything, set_rng_state, write_csv)
+                                   open_run, read_metrics, rng_state, save_figure, seed_everything, set_rng_state,
+                                   write_csv)
 from .ppo_core import (KL_ESTIMATORS, AdaptiveKLController, FixedKLController, compute_gae,
                                    compute_rewards, entropy_from_logits, kl_penalty, logprobs_from_logits, masked_mean,
                                    masked_whiten, ppo_policy_loss, ppo_value_loss)
@@ -823,10 +824,8 @@ def _pyplot(path=None):
     return plt
 
 def _save_fig(fig, path) -> None:
-    "Save `fig` to `path` atomically (a temporary name, then a rename) and close it."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=100); os.replace(tmp, path); _pyplot(path).close(fig)
+    "Save `fig` to `path` atomically, stamped with the machine (`save_figure`, chapter 12), and close it."
+    save_figure(fig, path); _pyplot(path).close(fig)
 
 def plot_reward_kl(history: list[dict], path=None, target: Optional[float] = None):
     "Reward and KL to the reference over PPO steps (saved atomically to `path` if given)."
