@@ -175,7 +175,9 @@ def peak_rss_gib() -> float:
 # %% ../nbs/12_plumbing.ipynb #7f5890ce
 def machine_name() -> str:
     "What this process computes on, for figures: the GPU's name when CUDA is available, else the CPU model and cores."
-    if torch.cuda.is_available(): return torch.cuda.get_device_name()
+    if torch.cuda.is_available():
+        try: return torch.cuda.get_device_name()
+        except (AssertionError, RuntimeError): pass                              # no usable CUDA after all: the CPU
     import platform
     cpu = platform.processor() or platform.machine()
     try: cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
