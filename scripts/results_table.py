@@ -101,7 +101,7 @@ def render(run: Path, name: str, copy_image: bool = True) -> str:
              + (f", gold judge `{j['config']['backbone']}`" if j else "") + f", data `{cfg['data']}`, seed {s['seed']}; "
              f"measured on {machine()}." + load_note(s), "",
              "| stage | result | time | peak RSS (GiB) |", "|---|---|---|---|",
-             f"| SFT | {'none (the base model)' if steps == 0 else f'{steps} steps' if steps else 'epochs'} | "
+             f"| SFT | {'none (the base model)' if steps == 0 else f'{steps} steps' if steps else str(sft['config'].get('epochs', '?')) + ' epochs'} | "
              f"{minutes(sec.get('sft'))} | {rss.get('sft') or 0:.2f} |",
              f"| proxy reward model | held-out accuracy **{ci(rm)}**, n={rm['n']}; bag of words {ci(b['bag_of_words'])}, "
              f"length {ci(b['length'])} | {minutes(sec.get('reward'))} | {rss.get('reward') or 0:.2f} |"]
