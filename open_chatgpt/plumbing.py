@@ -174,19 +174,26 @@ def peak_rss_gib() -> float:
 
 # %% ../nbs/12_plumbing.ipynb #7f5890ce
 def machine_name() -> str:
-    "What this process computes on, for figures: the GPU's name when CUDA is available, else the CPU model and cores."
-    if torch.cuda.is_available():
+    "What this process computes on, for figures: the GPU it has used (CUDA initialised), else the CPU model and cores."
+    if torch.cuda.is_available() and torch.cuda.is_initialized():   # never starts CUDA in a process that has not
         try: return torch.cuda.get_device_name()
-        except (AssertionError, RuntimeError): pass                              # no usable CUDA after all: the CPU
+        except (AssertionError, RuntimeError): pass
     import platform
     cpu = platform.processor() or platform.machine()
-    try: cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    try:
+        with open("/proc/cpuinfo") as f: cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
     except (OSError, StopIteration): pass
-    return f"{cpu}, {os.cpu_count()} CPU cores"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()   # this process's
+    return f"{cpu}, {cores} CPU cores"
 
 def save_figure(fig, path, dpi: int = 100) -> None:
-    "Save a matplotlib figure atomically (a temporary name, then a rename), stamped with the machine that made it."
+    "Save a matplotlib figure atomically (a temporary file, then a rename), stamped once with the machine that made it."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fig.text(0.995, 0.005, f"{machine_name()}; torch {torch.__version__}", ha="right", va="bottom", fontsize=6, color="0.5")
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=dpi); os.replace(tmp, path)
+    for t in [t for t in fig.texts if t.get_gid() == "machine"]: t.remove()       # saved before: one stamp
+    fig.text(0.995, 0.005, f"{machine_name()}; torch {torch.__version__}", ha="right", va="bottom", fontsize=6,
+             color="0.5", gid="machine")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"); os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, format=path.suffix[1:] or "png"); os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp): os.unlink(tmp)
