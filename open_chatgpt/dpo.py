@@ -11,7 +11,6 @@ __all__ = ['LOSS_TYPES', 'DPOCollator', 'get_batch_logps', 'concatenated_forward
 import copy
 import json
 import math
-import os
 import time
 import warnings
 from dataclasses import asdict, dataclass

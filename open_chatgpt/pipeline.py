@@ -787,7 +787,7 @@ REAL_RUN = dict(model="smollm2-135m-instruct", reward_model="minilm-l6", reward_
                 sft=dict(learning_rate=2e-4, max_steps=16, batch_size=8, max_length=256, eval_every=0, eval_size=64),
                 reward=dict(linear_probe=True, probe_C=3e-4, epochs=0, max_length=128, eval_every=0),
                 # micro_batch_size=1: the update's passes one rollout at a time, no padding (the same gradient; on this
-                # CPU a 2-epoch ppo_step took 25.4 s instead of 31.7 s, and the benchmark's step peaked at 0.63x the
+                # CPU a 2-epoch ppo_step took 25.4 s instead of 31.7 s, and the benchmark's step peaked at 0.62x the
                 # memory: chapter 6)
                 ppo=dict(learning_rate=2e-4, batch_size=8, mini_batch_size=4, micro_batch_size=1, ppo_epochs=2,
                          max_new_tokens=64, max_prompt_length=192, total_steps=32, save_every=8, init_kl_coef=0.1,

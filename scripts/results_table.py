@@ -36,6 +36,9 @@ def cell(text, n: int = 150) -> str:
 def ci(x: dict) -> str: return f"{x['accuracy' if 'accuracy' in x else 'win_rate']:.3f} ({x['ci_low']:.3f}-{x['ci_high']:.3f})"
 
 
+def epochs(n) -> str: return "epochs" if n is None else f"{n} epoch" + ("" if n == 1 else "s")
+
+
 def minutes(s) -> str: return "-" if s is None else f"{s / 60:.1f} min"
 
 
@@ -101,7 +104,7 @@ def render(run: Path, name: str, copy_image: bool = True) -> str:
              + (f", gold judge `{j['config']['backbone']}`" if j else "") + f", data `{cfg['data']}`, seed {s['seed']}; "
              f"measured on {machine()}." + load_note(s), "",
              "| stage | result | time | peak RSS (GiB) |", "|---|---|---|---|",
-             f"| SFT | {'none (the base model)' if steps == 0 else f'{steps} steps' if steps else str(sft['config'].get('epochs', '?')) + ' epochs'} | "
+             f"| SFT | {'none (the base model)' if steps == 0 else f'{steps} steps' if steps else epochs(sft['config'].get('epochs'))} | "
              f"{minutes(sec.get('sft'))} | {rss.get('sft') or 0:.2f} |",
              f"| proxy reward model | held-out accuracy **{ci(rm)}**, n={rm['n']}; bag of words {ci(b['bag_of_words'])}, "
              f"length {ci(b['length'])} | {minutes(sec.get('reward'))} | {rss.get('reward') or 0:.2f} |"]

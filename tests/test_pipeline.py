@@ -197,6 +197,18 @@ def test_no_sft_starts_rl_from_the_base_model(tmp_path):
     assert "QA probe (chapter 7: 99 short factual questions" in table and "PPO vs start +" in table
 
 
+
+def test_results_table_names_an_epoch_based_sft(done, tmp_path):
+    "An SFT stage trained by epochs (max_steps None, as the tiny demo's) is rendered as '1 epoch' / '3 epochs'."
+    import shutil
+    run = tmp_path / "run"; shutil.copytree(done, run)
+    for n, text in ((1, "| SFT | 1 epoch |"), (3, "| SFT | 3 epochs |")):
+        info = json.loads((run / "sft" / "stage.json").read_text())
+        info["config"].update(max_steps=None, epochs=n); (run / "sft" / "stage.json").write_text(json.dumps(info))
+        table = subprocess.run([sys.executable, "scripts/results_table.py", str(run), "--dry-run"], capture_output=True,
+                               text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stdout
+        assert text in table, table[:800]
+
 def test_seed_table_reports_each_seed_and_the_spread(done, tmp_path):
     "Two runs whose win rates differ by 0.1: the table shows both and their mean and standard deviation."
     s = json.loads((done / "summary-ppo.json").read_text())
