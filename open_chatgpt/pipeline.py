@@ -174,10 +174,13 @@ def rl_settings(cfg: PipelineConfig) -> dict:
     stage = lambda d: hashlib.sha1(json.dumps(_stage_info(out / d), sort_keys=True, default=str).encode()).hexdigest()
     ppo = cfg.ppo if cfg.algo == "ppo" else {k: v for k, v in cfg.ppo.items() if k in SAMPLING}   # others sample like PPO
     block = {"ppo": None, "dpo": cfg.dpo}.get(cfg.algo, cfg.grpo)
+    models = dict(model=cfg.model, tiny=None if cfg.model else cfg.tiny, reward_model=cfg.reward_model,   # which models
+                  reward_pooling=cfg.reward_pooling, reward_with_prompt=cfg.reward_with_prompt, sft_data=cfg.sft_data,
+                  reward_norm=cfg.reward_norm, n_norm_prompts=cfg.n_norm_prompts)
     return json.loads(json.dumps(dict(algo=cfg.algo, ppo=ppo, block=block, seed=cfg.seed, data=cfg.data, prompts=cfg.prompts,
                                       max_records=cfg.max_records, n_eval_prompts=cfg.n_eval_prompts, judge=cfg.judge,
                                       critic_init=cfg.critic_init if cfg.algo == "ppo" else None, lora=cfg.lora,
-                                      sft_stage=stage("sft"), reward_stage=stage("reward")), default=str))
+                                      sft_stage=stage("sft"), reward_stage=stage("reward"), **models), default=str))
 
 def _stage_json(d: Path, stage: str, t0: float, **extra) -> None:
     atomic_write_text(d / "stage.json", json.dumps(dict(stage=stage, seconds=time.perf_counter() - t0,
@@ -733,7 +736,7 @@ def run_pipeline(cfg: PipelineConfig, resume: bool = False, stop_after_steps: Op
     done_before = resume and (out / cfg.algo / "stage.json").exists()
     if done_before:                                   # a finished stage is reused only with the settings it ran with
         was, now = _stage_info(out / cfg.algo).get("settings"), rl_settings(cfg)
-        changed = sorted(k for k in set(was or {}) | set(now) if was is not None and was.get(k) != now.get(k))
+        changed = changed_settings(was, now, free=()) if was is not None else []   # what it recorded (older runs: less)
         more = ("DPO's learning-rate schedule is built from max_steps, so a longer DPO run starts afresh" if cfg.algo == "dpo"
                 else f"to train it for more steps, delete only {out / cfg.algo / 'stage.json'} and --resume")
         if changed: raise ValueError(f"{out / cfg.algo} ran with other settings ({', '.join(changed)} changed since): delete "

@@ -255,6 +255,10 @@ def test_resume_refuses_a_finished_stage_trained_with_other_settings(done, tmp_p
     (run / "sft" / "stage.json").write_text(json.dumps(info))
     with pytest.raises(ValueError, match="sft_stage changed since"):
         run_pipeline(config_from_args(build_parser().parse_args(["pipeline", "-o", str(run), *TOY])), resume=True)
+    (run / "sft" / "stage.json").write_text(json.dumps({**info, "seconds": info["seconds"] - 1}))   # as it was
+    with pytest.raises(ValueError, match="tiny.n_embd changed since"):     # another policy: its SFT stage is stale too
+        run_pipeline(config_from_args(build_parser().parse_args(["pipeline", "-o", str(run), *TOY, "--set",
+                                                                  "tiny.n_embd=48"])), resume=True)
 
 
 
