@@ -188,11 +188,11 @@ def machine_name() -> str:
 
 def save_figure(fig, path, dpi: int = 100) -> None:
     "Save a matplotlib figure atomically (a temporary file, then a rename), stamped once with the machine that made it."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
     for t in [t for t in fig.texts if t.get_gid() == "machine"]: t.remove()       # saved before: one stamp
     fig.text(0.995, 0.005, f"{machine_name()}; torch {torch.__version__}", ha="right", va="bottom", fontsize=6,
              color="0.5", gid="machine")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"); os.close(fd)
+    tmp = _tmp_beside(path)                                  # as atomic_write_text: a unique file in the same folder
     try:
         fig.savefig(tmp, dpi=dpi, format=path.suffix[1:] or "png"); os.replace(tmp, path)
     finally:
