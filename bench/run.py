@@ -636,19 +636,37 @@ def split_matmul_params(model) -> tuple:
     if out is not None and id(out.weight) in emb: n[out.weight.requires_grad] += out.weight.numel()  # tied LM head
     return n[0], n[1]
 
-def lora_train_flops(n_frozen: int, n_trainable: int, n_tokens: int) -> float:
+def lm_head_params(model) -> int:
+    "Parameters of the causal LM's output projection (vocab x hidden; tied to the input embedding or not)."
+    out = getattr(model, "get_output_embeddings", lambda: None)()
+    return 0 if out is None else out.weight.numel()
+
+def lora_train_flops(n_frozen: int, n_trainable: int, n_tokens: int, n_head: int = 0, n_scored: int = 0) -> float:
     """FLOPs of one forward + backward pass when only `n_trainable` of the matmul parameters train (LoRA).
     Per token: forward 2(F+L); backward: the activation gradients through every matmul, frozen or not, 2(F+L), and
     the weight gradients of the trainable ones only, 2L: (4F + 6L) x tokens (6N when everything trains). It counts
     the activation gradient of the lowest matmuls too, which autograd skips (their input needs no gradient): an
-    overcount of one layer's q/k/v projections (~0.3% at 30 layers)."""
-    return (4.0 * n_frozen + 6.0 * n_trainable) * n_tokens
+    overcount of one layer's q/k/v projections (~0.3% at 30 layers). `n_head` of the frozen parameters (the LM head)
+    are counted only at the `n_scored` positions whose log-probs are needed (the response tokens): logits at prompt
+    positions are not useful work, and our pass does not compute them (`logits_to_keep`)."""
+    return (4.0 * (n_frozen - n_head) + 6.0 * n_trainable) * n_tokens + 4.0 * n_head * n_scored
 
-def ppo_update_flops(n_frozen: int, n_trainable: int, n_tokens: int, epochs: int) -> dict:
+def ppo_update_flops(n_frozen: int, n_trainable: int, n_tokens: int, epochs: int, n_head: int = 0,
+                     n_scored: int = 0) -> dict:
     """FLOPs of a LoRA PPO update on `n_tokens` real tokens: `old_ref`, the no-grad forwards of the policy + value
-    head (adapters on) and of the reference (adapters off); `train`, `epochs` forward + backward passes."""
-    return dict(old_ref=forward_flops(n_frozen + n_trainable, n_tokens) + forward_flops(n_frozen, n_tokens),
-                train=epochs * lora_train_flops(n_frozen, n_trainable, n_tokens))
+    head (adapters on) and of the reference (adapters off); `train`, `epochs` forward + backward passes. The LM head
+    (`n_head` parameters, part of `n_frozen`) counts only at the `n_scored` response tokens (`lora_train_flops`)."""
+    body = n_frozen - n_head
+    return dict(old_ref=forward_flops(body + n_trainable, n_tokens) + forward_flops(body, n_tokens)
+                + 2 * forward_flops(n_head, n_scored),
+                train=epochs * lora_train_flops(n_frozen, n_trainable, n_tokens, n_head, n_scored))
+
+def _lm_head_of(runs) -> int:
+    "The LM head's parameter count a PPO worker recorded; for results saved before it did, read from the model's config."
+    if "lm_head" in runs[0]: return runs[0]["lm_head"]
+    from transformers import AutoConfig
+    c = AutoConfig.from_pretrained(real_policy_dir())
+    return c.vocab_size * c.hidden_size
 
 DEVICE = "cpu"   # real mode: where the workers put the models (--device); on a GPU clock() waits for its queue first
 
@@ -782,6 +800,7 @@ def real_ppo_ours(a, proposal: str = "") -> dict:
     torch.manual_seed(0)
     ours, ref = _ours_real_models(path, tok)
     frozen, trainable = split_matmul_params(ours)
+    head = lm_head_params(ours.policy)
     opt = torch.optim.Adam([p for p in ours.parameters() if p.requires_grad], lr=cfg.learning_rate, eps=1e-5)
     kl_ctl = AdaptiveKLController(cfg.init_kl_coef, cfg.target, cfg.horizon)
     reward = lambda p, r, b: [toy_score(x[m.bool()]) for x, m in zip(b["response"], b["response_mask"])]
@@ -797,7 +816,7 @@ def real_ppo_ours(a, proposal: str = "") -> dict:
                         response_tokens=int(batch["response_mask"].sum()),
                         padded_tokens=int(batch["query"].numel() + batch["response"].numel()))
         out = _measure(step, lambda: step(warm_cfg))
-    return dict(out, frozen=frozen, trainable=trainable)
+    return dict(out, frozen=frozen, trainable=trainable, lm_head=head)
 
 def real_ppo_trl(a) -> dict:
     "TRL's side: AutoModelForCausalLMWithValueHead + peft_config, ref_model=None; generate + step, phases timed."
@@ -815,6 +834,7 @@ def real_ppo_trl(a) -> dict:
         if c is not None: c.pad_token_id, c.eos_token_id = tok.pad_token_id, tok.eos_token_id
     frozen, trainable = split_matmul_params(model.pretrained_model)
     trainable += sum(p.numel() for p in model.v_head.parameters())
+    head = lm_head_params(model.pretrained_model)
     trainer = _trl_trainer(tcfg, model, None, tok)          # ref_model=None: the adapter-disabled policy is the reference
     enc = PromptCollator(tok, cfg.max_prompt_length)([{"prompt": p} for p in prompts])   # our chat-formatted ids
     queries = [ids[m.bool()] for ids, m in zip(enc["input_ids"], enc["attention_mask"])]
@@ -829,7 +849,7 @@ def real_ppo_trl(a) -> dict:
                     response_tokens=sum(len(r) for r in responses),
                     trl_timing={k: float(v) for k, v in stats.items() if k.startswith("time/")})
     out = _measure(step, lambda: step([q[-WARMUP_PROMPT:] for q in queries], dict(gen, max_new_tokens=WARMUP_NEW)))
-    return dict(out, frozen=frozen, trainable=trainable)
+    return dict(out, frozen=frozen, trainable=trainable, lm_head=head)
 
 def _rm_wrapper(rm):
     "Our RewardModel behind the interface TRL's RewardTrainer calls: model(input_ids=..., attention_mask=...)['logits']."
@@ -1047,17 +1067,18 @@ def report_real_gpu(results, a, info) -> str:
         rows.append(["**peak GPU memory allocated during the step (GiB)**", f"{pa[0]:.2f}", f"{pa[1]:.2f}", ratio(*pa)])
         rr = [max(x["gpu_peak_reserved"] for x in r) / GiB_ for r in (o, t)]
         rows.append(["peak GPU memory reserved by the allocator (GiB)", f"{rr[0]:.2f}", f"{rr[1]:.2f}", ratio(*rr)])
-        F, L = o[0]["frozen"], o[0]["trainable"]
+        F, L, H = o[0]["frozen"], o[0]["trainable"], _lm_head_of(o)
         T = [med(r, "prompt_tokens") + med(r, "response_tokens") for r in (o, t)]
         pk = median([x["peak_flops"] for x in o + t])                    # one common peak: the workers' median
-        mfu = [median([ppo_update_flops(F, L, TT, a.ppo_epochs)["train"] / x["update"] / pk for x in r])
-               for TT, r in zip(T, (o, t))]
+        mfu = [median([ppo_update_flops(F, L, TT, a.ppo_epochs, H, med(r, "response_tokens"))["train"] / x["update"] / pk
+                       for x in r]) for TT, r in zip(T, (o, t))]
         rows.append(["update MFU vs the measured fp32 matmul peak", *[f"{100 * m:.1f}%" for m in mfu], ""])
         lines += [markdown_table(["", "open-chatgpt", "TRL", "ours / TRL"], rows), "",
                   f"Measured matmul peak of the GPU (8192^3, median over the workers): fp32 "
                   f"{median([x['peak_flops'] for x in o + t]) / 1e12:.1f} TFLOP/s, bf16 "
                   f"{median([x['peak_flops_bf16'] for x in o + t]) / 1e12:.0f} TFLOP/s. MFU counts (4F + 6L) FLOPs per "
-                  "real token of the update (as in the CPU table) over its wall time, against the fp32 median.", ""]
+                  "real token of the update, the LM head only at response tokens (as in the CPU table), over its wall "
+                  "time, against the fp32 median.", ""]
     if "reward" in results:
         o, t = results["reward"]["ours"], results["reward"]["trl"]
         N = o[0]["steps"]
@@ -1156,10 +1177,11 @@ def report_real(results, a, info) -> str:
                   "by mmap (file-backed pages, resident once touched); ours deep-copies the loaded policy in "
                   "`make_ppo_models` (anonymous memory), so right after set-up TRL's weights are not yet resident. "
                   "During the step both hold all weights.", ""]
-        F, L = o[0]["frozen"], o[0]["trainable"]
+        F, L, H = o[0]["frozen"], o[0]["trainable"], _lm_head_of(o)
+        R_tok = [med(r, "response_tokens") for _, r in sides]
         mfu_rows = []
-        for (side, runs), TT in zip(sides, T):
-            fl = ppo_update_flops(F, L, TT, a.ppo_epochs)
+        for (side, runs), TT, RR in zip(sides, T, R_tok):
+            fl = ppo_update_flops(F, L, TT, a.ppo_epochs, H, RR)
             for name, flops, keys in (("training passes (update)", fl["train"], ("update",)),
                                       ("update + old/ref forwards", fl["train"] + fl["old_ref"], ("update", "logprobs"))):
                 cpu_s = median([sum(r["cpu/" + k] for k in keys) for r in runs])
@@ -1175,7 +1197,8 @@ def report_real(results, a, info) -> str:
                   f"{L / 1e6:.2f} M trainable (LoRA A/B, value head). A LoRA training pass costs (4F + 6L) FLOPs per "
                   "token: forward 2(F+L), activation gradients through every matmul 2(F+L), weight gradients only for the "
                   "adapters 2L (the 6N rule would claim 1.5x more work). The old/ref forwards cost 2(F+L) + 2F per token. "
-                  "Tokens = real (non-pad) prompt + response tokens of the batch; padding, the LM head on prompt "
+                  f"Tokens = real (non-pad) prompt + response tokens of the batch, except that the LM head ({H / 1e6:.1f} "
+                  "M of F) counts only at the response tokens, whose log-probs PPO needs; padding, logits at prompt "
                   "positions and attention scores are not counted (they are work, not useful work), so the MFU is a "
                   f"lower bound. MFU = achieved / one matmul peak for every worker, the median of their measurements "
                   f"({pk_cpu / 1e9:.1f} GFLOP per CPU second; they ranged {min(pks):.1f}-{max(pks):.1f}).", "",
@@ -1185,13 +1208,14 @@ def report_real(results, a, info) -> str:
             tk = {k: median([r["trl_timing"].get(k, float('nan')) for r in t]) for k in t[0]["trl_timing"]}
             lines += ["TRL's own `time/ppo/*` of the timed step (wall s): " + ", ".join(f"{k[9:]} {v:.2f}" for k, v in tk.items()), ""]
         r_step = med(o, "cpu/total") / med(t, "cpu/total"); r_rss = max(x["peak_rss"] for x in o) / max(x["peak_rss"] for x in t)
-        mfu = median([(ppo_update_flops(F, L, T[0], a.ppo_epochs)["train"] / r["cpu/update"]) / pk_cpu for r in o])
+        mfu = median([(ppo_update_flops(F, L, T[0], a.ppo_epochs, H, R_tok[0])["train"] / r["cpu/update"]) / pk_cpu for r in o])
         goals += [("PPO step <= 0.8x TRL's time (CPU)", f"{r_step:.2f}x", r_step <= 0.8),
                   ("peak RSS <= 0.6x TRL's (whole process)", f"{r_rss:.2f}x", r_rss <= 0.6),
                   ("training MFU >= 50% of the matmul peak", f"{100 * mfu:.1f}%", mfu >= 0.5)]
         for i, (name, pr) in enumerate(props, 1):
             r2 = med(pr, "cpu/total") / med(t, "cpu/total"); rs2 = max(x["peak_rss"] for x in pr) / max(x["peak_rss"] for x in t)
-            m2 = median([(ppo_update_flops(F, L, T[i], a.ppo_epochs)["train"] / r["cpu/update"]) / pk_cpu for r in pr])
+            m2 = median([(ppo_update_flops(F, L, T[i], a.ppo_epochs, H, R_tok[i])["train"] / r["cpu/update"]) / pk_cpu
+                         for r in pr])
             goals += [(f"... {name}: PPO step", f"{r2:.2f}x", r2 <= 0.8),
                       (f"... {name}: peak RSS", f"{rs2:.2f}x", rs2 <= 0.6),
                       (f"... {name}: training MFU", f"{100 * m2:.1f}%", m2 >= 0.5)]
