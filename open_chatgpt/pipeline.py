@@ -5,11 +5,11 @@
 # %% auto #0
 __all__ = ['SHOWCASE', 'ALGOS', 'SAMPLING', 'PPO_DEFAULTS', 'GRPO_DEFAULTS', 'DPO_DEFAULTS', 'RL_STAGES', 'JUDGE', 'DEMO',
            'QUICK_RUN', 'REAL_RUN', 'PipelineConfig', 'make_config', 'run_tokenizer', 'sft_eval_data', 'load_data',
-           'eval_prompts', 'rl_settings', 'history_rows', 'run_sft', 'normalise_reward', 'run_reward', 'load_proxy',
-           'load_judge', 'run_judge', 'judges', 'ppo_models', 'read_curve', 'checkpoint_evaluator', 'answer_rows',
-           'run_ppo', 'grpo_config', 'run_grpo', 'run_dpo', 'qa_probe_results', 'policy_answers', 'compare', 'run_eval',
-           'write_summary', 'build_summary', 'model_config', 'check_config', 'format_summary', 'run_pipeline', 'chat',
-           'build_parser', 'config_from_args', 'main']
+           'eval_prompts', 'resolved', 'rl_settings', 'stage_settings', 'history_rows', 'run_sft', 'normalise_reward',
+           'run_reward', 'load_proxy', 'load_judge', 'run_judge', 'judges', 'ppo_models', 'read_curve',
+           'checkpoint_evaluator', 'answer_rows', 'run_ppo', 'grpo_config', 'run_grpo', 'run_dpo', 'qa_probe_results',
+           'policy_answers', 'compare', 'run_eval', 'write_summary', 'build_summary', 'model_config', 'check_config',
+           'format_summary', 'run_pipeline', 'chat', 'build_parser', 'config_from_args', 'main']
 
 # %% ../nbs/10_pipeline.ipynb #853439ce
 import argparse
@@ -168,12 +168,19 @@ def _plot_curve(rows: list[dict], keys, path: Path, title: str) -> None:
 
 SAMPLING = ("max_new_tokens", "max_prompt_length", "temperature", "top_k", "top_p", "missing_eos_penalty")
 
+def resolved(config) -> dict:
+    "A stage's whole config (defaults filled in, as it trains) without its output_dir: what --resume compares."
+    return {k: v for k, v in asdict(config).items() if k != "output_dir"}
+
 def rl_settings(cfg: PipelineConfig) -> dict:
     "What an RL stage's result and its evaluation depend on (checked on --resume), the SFT and reward stages included."
+    from open_chatgpt.dpo import DPOConfig
     out = Path(cfg.output_dir)
     stage = lambda d: hashlib.sha1(json.dumps(_stage_info(out / d), sort_keys=True, default=str).encode()).hexdigest()
-    ppo = cfg.ppo if cfg.algo == "ppo" else {k: v for k, v in cfg.ppo.items() if k in SAMPLING}   # others sample like PPO
-    block = {"ppo": None, "dpo": cfg.dpo}.get(cfg.algo, cfg.grpo)
+    ppo = resolved(make_config(PPOConfig, cfg.ppo, **PPO_DEFAULTS))                 # every field: a default counts too
+    if cfg.algo != "ppo": ppo = {k: v for k, v in ppo.items() if k in SAMPLING}     # the others sample like PPO
+    block = (None if cfg.algo == "ppo" else resolved(make_config(DPOConfig, cfg.dpo, **{**DPO_DEFAULTS, "seed": cfg.seed}))
+             if cfg.algo == "dpo" else resolved(grpo_config(cfg)))
     models = dict(model=cfg.model, tiny=None if cfg.model else cfg.tiny, reward_model=cfg.reward_model,   # which models
                   reward_pooling=cfg.reward_pooling, reward_with_prompt=cfg.reward_with_prompt, sft_data=cfg.sft_data,
                   reward_norm=cfg.reward_norm, n_norm_prompts=cfg.n_norm_prompts)
@@ -181,6 +188,27 @@ def rl_settings(cfg: PipelineConfig) -> dict:
                                       max_records=cfg.max_records, n_eval_prompts=cfg.n_eval_prompts, judge=cfg.judge,
                                       critic_init=cfg.critic_init if cfg.algo == "ppo" else None, lora=cfg.lora,
                                       sft_stage=stage("sft"), reward_stage=stage("reward"), **models), default=str))
+
+def stage_settings(cfg: PipelineConfig, stage: str) -> dict:
+    "What a finished SFT or reward stage's result depends on (recorded in its stage.json, checked on --resume)."
+    out = Path(cfg.output_dir)
+    s = dict(model=cfg.model, tiny=None if cfg.model else cfg.tiny, seed=cfg.seed, data=cfg.data, max_records=cfg.max_records)
+    if stage == "sft":
+        from open_chatgpt.sft import SFTConfig
+        none = cfg.sft.get("max_steps") == 0                               # no SFT: its other settings are kept as given
+        sft = {**resolved(make_config(SFTConfig, {k: v for k, v in cfg.sft.items() if not (none and k == "max_steps")})),
+               **(dict(max_steps=0) if none else {})}
+        s.update(sft_data=cfg.sft_data, sft=sft, lora=cfg.lora if sft["max_steps"] != 0 else None)
+    else:
+        from open_chatgpt.reward import RewardConfig
+        s.update(reward_model=cfg.reward_model, reward_pooling=cfg.reward_pooling, reward_with_prompt=cfg.reward_with_prompt,
+                 reward=resolved(make_config(RewardConfig, cfg.reward)), reward_norm=cfg.reward_norm)
+        if cfg.reward_norm:                                               # the SFT answers it was shifted with
+            gen = resolved(make_config(PPOConfig, cfg.ppo, **PPO_DEFAULTS))
+            s.update(n_norm_prompts=cfg.n_norm_prompts, sampling={k: v for k, v in gen.items() if k in SAMPLING})
+        if cfg.reward_model is None or cfg.reward_norm:                 # built on, or normalised with, the SFT model
+            s["sft_stage"] = hashlib.sha1(json.dumps(_stage_info(out / "sft"), sort_keys=True, default=str).encode()).hexdigest()
+    return json.loads(json.dumps(s, default=str))
 
 def _stage_json(d: Path, stage: str, t0: float, **extra) -> None:
     atomic_write_text(d / "stage.json", json.dumps(dict(stage=stage, seconds=time.perf_counter() - t0,
@@ -209,7 +237,8 @@ def run_sft(cfg: PipelineConfig, log=print) -> Path:
     if steps == 0:                                     # no SFT: RL starts from the base model as it is
         log("[sft] sft.max_steps=0: no SFT, the base model is the starting policy")
         with stage_dir(out / "sft") as d:
-            _save_model(policy, tok, d); write_jsonl([], d / "metrics.jsonl"); _stage_json(d, "sft", t0, config=dict(max_steps=0))
+            _save_model(policy, tok, d); write_jsonl([], d / "metrics.jsonl"); _stage_json(d, "sft", t0, config=dict(max_steps=0),
+                                                                                                settings=stage_settings(cfg, "sft"))
         return out / "sft"
     if cfg.lora is not None: policy = add_lora(policy, cfg.lora)  # merged back into the weights when saved
     sft_cfg = make_config(SFTConfig, cfg.sft)
@@ -220,7 +249,7 @@ def run_sft(cfg: PipelineConfig, log=print) -> Path:
         _save_model(policy, tok, d)
         write_jsonl(history, d / "metrics.jsonl")
         _plot_curve(history, [k for k in ("train_loss", "eval_loss") if any(k in r for r in history)], d / "loss.png", "SFT loss")
-        _stage_json(d, "sft", t0, config=asdict(sft_cfg))
+        _stage_json(d, "sft", t0, config=asdict(sft_cfg), settings=stage_settings(cfg, "sft"))
     log(f"[sft] done in {time.perf_counter() - t0:.0f}s -> {out / 'sft'}")
     return out / "sft"
 
@@ -278,7 +307,7 @@ def run_reward(cfg: PipelineConfig, log=print) -> Path:
         _plot_curve(history, [k for k in ("train_loss", "eval_loss", "train_acc", "eval_acc") if any(k in r for r in history)],
                     d / "loss.png", "reward model training")
         atomic_write_text(d / "eval.json", json.dumps(ev, indent=2, default=float))
-        _stage_json(d, "reward", t0, train_seconds=train_seconds, config=asdict(rm_cfg))
+        _stage_json(d, "reward", t0, train_seconds=train_seconds, config=asdict(rm_cfg), settings=stage_settings(cfg, "reward"))
     log(f"[reward] held-out accuracy {ev['accuracy']:.3f} (95% CI {ev['ci_low']:.3f}-{ev['ci_high']:.3f}); "
         f"bag of words {bow['accuracy']:.3f}, length {ev['baselines']['length']['accuracy']:.3f}; "
         f"{time.perf_counter() - t0:.0f}s -> {out / 'reward'}")
@@ -729,10 +758,26 @@ def _check_unfinished(d: Path, now: dict, resume: bool) -> None:
                                      f"{', '.join(RESUMABLE)} may change, not DPO's max_steps), or delete {d} to train "
                                      "this stage again")
 
+def _check_finished(out: Path, cfg: PipelineConfig) -> None:
+    "Before anything runs: a finished SFT or reward stage is reused only with the settings it was trained with."
+    if not (out / "sft" / "stage.json").exists() and (out / "reward" / "stage.json").exists() and \
+            "sft_stage" in (_stage_info(out / "reward").get("settings") or {}):
+        raise ValueError(f"{out / 'sft'} will be trained again, but {out / 'reward'} was built on the SFT model it "
+                         f"replaces: delete {out / 'reward'} and {out / cfg.algo} too")
+    for i, stage in enumerate(("sft", "reward")):
+        was = _stage_info(out / stage).get("settings")                  # runs from before this check recorded none
+        if was is None: continue
+        changed = changed_settings(was, stage_settings(cfg, stage), free=())
+        later = ", ".join(str(out / d) for d in ("sft", "reward", cfg.algo)[i + 1:])
+        if changed: raise ValueError(f"{out / stage} was trained with other settings ({', '.join(changed)} changed since; "
+                                     f"see {out / stage / 'stage.json'}): resume with those settings, or delete {out / stage} "
+                                     f"and the stages after it ({later}) to train them again")
+
 def run_pipeline(cfg: PipelineConfig, resume: bool = False, stop_after_steps: Optional[int] = None, log=print) -> dict:
     "SFT -> reward model -> gold judge -> RL -> evaluation; with `resume`, finished stages are skipped."
     check_config(cfg)
     out = Path(cfg.output_dir)
+    if resume: _check_finished(out, cfg)
     done_before = resume and (out / cfg.algo / "stage.json").exists()
     if done_before:                                   # a finished stage is reused only with the settings it ran with
         was, now = _stage_info(out / cfg.algo).get("settings"), rl_settings(cfg)

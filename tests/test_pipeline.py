@@ -262,6 +262,27 @@ def test_resume_refuses_a_finished_stage_trained_with_other_settings(done, tmp_p
 
 
 
+def test_resume_refuses_finished_sft_and_reward_stages_trained_with_other_settings(done, tmp_path):
+    "A finished SFT or reward stage is reused only with its own settings, also when the RL stage has not run yet."
+    import shutil
+    from open_chatgpt.pipeline import build_parser, config_from_args, run_pipeline
+    run = tmp_path / "run"; shutil.copytree(done, run)
+    cfg = lambda *extra: config_from_args(build_parser().parse_args(["pipeline", "-o", str(run), *TOY, *extra]))
+    info = json.loads((run / "sft" / "stage.json").read_text())
+    sft = info["settings"]["sft"]                                           # the whole SFTConfig, defaults included
+    assert {k: sft[k] for k in cfg().sft} == cfg().sft and "learning_rate" in sft and "sft_stage" in json.loads((run / "reward" / "stage.json").read_text())["settings"]
+    for extra, what in ((("--algo", "dpo", "--set", "sft.max_steps=0"), "sft.max_steps"),   # no DPO stage yet: before,
+                        (("--algo", "dpo", "--set", "lora={}"), "lora"),                     # the old SFT was reused
+                        (("--algo", "grpo", "--set", "reward.max_length=32"), "reward.max_length"),
+                        (("--algo", "grpo", "--set", "n_norm_prompts=3"), "n_norm_prompts")):
+        with pytest.raises(ValueError, match=re.escape(f"was trained with other settings ({what}")):
+            run_pipeline(cfg(*extra), resume=True)
+    assert not (run / "dpo").exists() and not (run / "grpo").exists()      # refused before anything ran
+    (run / "sft" / "stage.json").unlink()                                   # SFT will be trained again: its reward model is stale
+    with pytest.raises(ValueError, match="was built on the SFT model it replaces"):
+        run_pipeline(cfg(), resume=True)
+
+
 def test_resume_refuses_an_unfinished_stage_begun_with_other_settings(done, tmp_path):
     "An interrupted RL stage (no stage.json yet) continues only with the settings it began with; its length may change."
     import shutil
@@ -271,8 +292,8 @@ def test_resume_refuses_an_unfinished_stage_begun_with_other_settings(done, tmp_
     assert (run / "ppo" / "settings.json").exists() and (run / "ppo" / "checkpoints" / "last.pt").exists()
     cfg = lambda *extra: config_from_args(build_parser().parse_args(["pipeline", "-o", str(run), *TOY, *extra]))
     recorded = (run / "ppo" / "settings.json").read_text()
-    with pytest.raises(ValueError, match="unfinished run that began with other settings \\(seed changed"):
-        run_pipeline(cfg("--seed", "1"), resume=True)
+    with pytest.raises(ValueError, match="unfinished run that began with other settings \\(ppo.vf_coef changed"):
+        run_pipeline(cfg("--set", "ppo.vf_coef=0.37"), resume=True)   # a default before: compared all the same
     assert (run / "ppo" / "settings.json").read_text() == recorded        # a refused resume records nothing
     from open_chatgpt.plumbing import open_run
     from open_chatgpt.ppo import PPOConfig
