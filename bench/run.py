@@ -636,7 +636,7 @@ def split_matmul_params(model) -> tuple:
     if out is not None and id(out.weight) in emb: n[out.weight.requires_grad] += out.weight.numel()  # tied LM head
     return n[0], n[1]
 
-def lm_head_params(model) -> int:
+def lm_head_params(model: "torch.nn.Module") -> int:
     "Parameters of the causal LM's output projection (vocab x hidden; tied to the input embedding or not)."
     out = getattr(model, "get_output_embeddings", lambda: None)()
     return 0 if out is None else out.weight.numel()
@@ -1196,7 +1196,8 @@ def report_real(results, a, info) -> str:
                   f"Matmul parameters: {F / 1e6:.1f} M frozen (embedding lookups excluded, the tied LM head included) + "
                   f"{L / 1e6:.2f} M trainable (LoRA A/B, value head). A LoRA training pass costs (4F + 6L) FLOPs per "
                   "token: forward 2(F+L), activation gradients through every matmul 2(F+L), weight gradients only for the "
-                  "adapters 2L (the 6N rule would claim 1.5x more work). The old/ref forwards cost 2(F+L) + 2F per token. "
+                  "adapters 2L (the 6N rule would claim 1.5x more work). The old/ref forwards cost 2(F+L) + 2F per token (the LM "
+                  "head, as below, at response tokens only). "
                   f"Tokens = real (non-pad) prompt + response tokens of the batch, except that the LM head ({H / 1e6:.1f} "
                   "M of F) counts only at the response tokens, whose log-probs PPO needs; padding, logits at prompt "
                   "positions and attention scores are not counted (they are work, not useful work), so the MFU is a "

@@ -166,14 +166,18 @@ def pairs_fingerprint(pairs) -> str:
     for r in pairs: h.update(json.dumps([r["prompt"], r["chosen"], r["rejected"]]).encode())
     return h.hexdigest()
 
-# the code a judge's training runs: a change to any of it (a fix) must not reuse a judge the old code trained
-JUDGE_CODE = ("open_chatgpt.evaluation:_new_judge", "open_chatgpt.models:truncate_layers", "open_chatgpt.reward:RewardModel",
-              "open_chatgpt.reward:pool_hidden", "open_chatgpt.reward:_score_texts", "open_chatgpt.reward:prepare_reward_tokenizer",
-              "open_chatgpt.reward:pad_sequences", "open_chatgpt.reward:train_reward", "open_chatgpt.reward:_pair_batches",
-              "open_chatgpt.reward:_pair_loss", "open_chatgpt.reward:pairwise_loss", "open_chatgpt.reward:fit_reward_head",
-              "open_chatgpt.reward:reward_features", "open_chatgpt.reward:fit_pairwise_logistic",
-              "open_chatgpt.reward:reward_text", "open_chatgpt.reward:reward_input", "open_chatgpt.reward:_from_pretrained",
-              "open_chatgpt.reward:_save_pretrained")
+# the code a judge's training runs: a change to any of it (a fix; a comment too) must not reuse a judge the old code
+# trained. What `load_or_train_judge` calls, and what they call, down to torch and transformers
+JUDGE_CODE = tuple(f"open_chatgpt.{n}" for n in (
+    "evaluation:load_or_train_judge", "evaluation:_new_judge", "evaluation:_eval_meta", "evaluation:JudgeConfig",
+    "models:truncate_layers", "models:resolve_model", "models:hidden_size", "models:model_inputs",
+    "models:position_ids_from_mask", "models:last_token_index", "data:PairwiseCollator", "data:format_prompt",
+    "data:format_response", "data:uses_chat_template", "reward:RewardModel", "reward:RewardConfig", "reward:_is_encoder",
+    "reward:pool_hidden", "reward:_score_texts", "reward:prepare_reward_tokenizer", "reward:pad_sequences",
+    "reward:check_pairs", "reward:train_reward", "reward:_total_steps", "reward:_warmup_steps", "reward:_pair_batches",
+    "reward:_pair_loss", "reward:pairwise_loss", "reward:_optimizer", "reward:_lr_factor", "reward:_optimizer_step",
+    "reward:fit_reward_head", "reward:reward_features", "reward:fit_pairwise_logistic", "reward:reward_text",
+    "reward:reward_input", "reward:_from_pretrained", "reward:_save_pretrained"))
 
 def code_fingerprint(names: Sequence[str] = JUDGE_CODE) -> str:
     "A sha1 of the source of `module:name` objects (the package's version where the source cannot be read)."

@@ -168,7 +168,7 @@ def _plot_curve(rows: list[dict], keys, path: Path, title: str) -> None:
 
 SAMPLING = ("max_new_tokens", "max_prompt_length", "temperature", "top_k", "top_p", "missing_eos_penalty")
 
-def resolved(config) -> dict:
+def resolved(config: object) -> dict:
     "A stage's whole config (defaults filled in, as it trains) without its output_dir: what --resume compares."
     return {k: v for k, v in asdict(config).items() if k != "output_dir"}
 
@@ -205,7 +205,8 @@ def stage_settings(cfg: PipelineConfig, stage: str) -> dict:
                  reward=resolved(make_config(RewardConfig, cfg.reward)), reward_norm=cfg.reward_norm)
         if cfg.reward_norm:                                               # the SFT answers it was shifted with
             gen = resolved(make_config(PPOConfig, cfg.ppo, **PPO_DEFAULTS))
-            s.update(n_norm_prompts=cfg.n_norm_prompts, sampling={k: v for k, v in gen.items() if k in SAMPLING})
+            s.update(n_norm_prompts=cfg.n_norm_prompts, prompts=cfg.prompts,
+                     sampling={k: v for k, v in gen.items() if k in SAMPLING})
         if cfg.reward_model is None or cfg.reward_norm:                 # built on, or normalised with, the SFT model
             s["sft_stage"] = hashlib.sha1(json.dumps(_stage_info(out / "sft"), sort_keys=True, default=str).encode()).hexdigest()
     return json.loads(json.dumps(s, default=str))
@@ -765,9 +766,11 @@ def _check_finished(out: Path, cfg: PipelineConfig) -> None:
         raise ValueError(f"{out / 'sft'} will be trained again, but {out / 'reward'} was built on the SFT model it "
                          f"replaces: delete {out / 'reward'} and {out / cfg.algo} too")
     for i, stage in enumerate(("sft", "reward")):
-        was = _stage_info(out / stage).get("settings")                  # runs from before this check recorded none
-        if was is None: continue
-        changed = changed_settings(was, stage_settings(cfg, stage), free=())
+        was, now = _stage_info(out / stage).get("settings"), stage_settings(cfg, stage)
+        if was is None: continue                                        # runs from before this check recorded none
+        if stage == "sft" and (was.get("sft") or {}).get("max_steps") == 0 == now["sft"]["max_steps"]:
+            was, now = {k: v for k, v in was.items() if k != "sft"}, {k: v for k, v in now.items() if k != "sft"}  # no SFT
+        changed = changed_settings(was, now, free=RESUMABLE + ("device", "log_every"))   # what cannot change the result
         later = ", ".join(str(out / d) for d in ("sft", "reward", cfg.algo)[i + 1:])
         if changed: raise ValueError(f"{out / stage} was trained with other settings ({', '.join(changed)} changed since; "
                                      f"see {out / stage / 'stage.json'}): resume with those settings, or delete {out / stage} "

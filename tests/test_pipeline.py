@@ -271,13 +271,17 @@ def test_resume_refuses_finished_sft_and_reward_stages_trained_with_other_settin
     info = json.loads((run / "sft" / "stage.json").read_text())
     sft = info["settings"]["sft"]                                           # the whole SFTConfig, defaults included
     assert {k: sft[k] for k in cfg().sft} == cfg().sft and "learning_rate" in sft and "sft_stage" in json.loads((run / "reward" / "stage.json").read_text())["settings"]
+    (tmp_path / "other.jsonl").write_text("".join(json.dumps({"prompt": f"\n\nHuman: question {i}?\n\nAssistant:"}) + "\n"
+                                                  for i in range(8)))
     for extra, what in ((("--algo", "dpo", "--set", "sft.max_steps=0"), "sft.max_steps"),   # no DPO stage yet: before,
                         (("--algo", "dpo", "--set", "lora={}"), "lora"),                     # the old SFT was reused
                         (("--algo", "grpo", "--set", "reward.max_length=32"), "reward.max_length"),
-                        (("--algo", "grpo", "--set", "n_norm_prompts=3"), "n_norm_prompts")):
+                        (("--algo", "grpo", "--set", "n_norm_prompts=3"), "n_norm_prompts"),
+                        (("--algo", "grpo", "--prompts", str(tmp_path / "other.jsonl")), "prompts")):  # normalised on
         with pytest.raises(ValueError, match=re.escape(f"was trained with other settings ({what}")):
             run_pipeline(cfg(*extra), resume=True)
     assert not (run / "dpo").exists() and not (run / "grpo").exists()      # refused before anything ran
+    assert main(["pipeline", "-o", str(run), *TOY, "--resume", "--set", "sft.log_every=3"]) == 0   # cannot change a result
     (run / "sft" / "stage.json").unlink()                                   # SFT will be trained again: its reward model is stale
     with pytest.raises(ValueError, match="was built on the SFT model it replaces"):
         run_pipeline(cfg(), resume=True)
