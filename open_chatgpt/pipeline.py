@@ -172,12 +172,19 @@ def resolved(config: object) -> dict:
     "A stage's whole config (defaults filled in, as it trains) without its output_dir: what --resume compares."
     return {k: v for k, v in asdict(config).items() if k != "output_dir"}
 
+def _stage_hash(d: Path) -> str:
+    "A sha1 of a finished stage's stage.json: which run of that stage a later stage was built on."
+    return hashlib.sha1(json.dumps(_stage_info(d), sort_keys=True, default=str).encode()).hexdigest()
+
+def _ppo_settings(cfg: PipelineConfig) -> dict:
+    "PPO's resolved config: its sampling settings are every evaluation's, and the reward normalisation's."
+    return resolved(make_config(PPOConfig, cfg.ppo, **PPO_DEFAULTS))
+
 def rl_settings(cfg: PipelineConfig) -> dict:
     "What an RL stage's result and its evaluation depend on (checked on --resume), the SFT and reward stages included."
     from open_chatgpt.dpo import DPOConfig
     out = Path(cfg.output_dir)
-    stage = lambda d: hashlib.sha1(json.dumps(_stage_info(out / d), sort_keys=True, default=str).encode()).hexdigest()
-    ppo = resolved(make_config(PPOConfig, cfg.ppo, **PPO_DEFAULTS))                 # every field: a default counts too
+    ppo = _ppo_settings(cfg)                                                        # every field: a default counts too
     if cfg.algo != "ppo": ppo = {k: v for k, v in ppo.items() if k in SAMPLING}     # the others sample like PPO
     block = (None if cfg.algo == "ppo" else resolved(make_config(DPOConfig, cfg.dpo, **{**DPO_DEFAULTS, "seed": cfg.seed}))
              if cfg.algo == "dpo" else resolved(grpo_config(cfg)))
@@ -187,7 +194,8 @@ def rl_settings(cfg: PipelineConfig) -> dict:
     return json.loads(json.dumps(dict(algo=cfg.algo, ppo=ppo, block=block, seed=cfg.seed, data=cfg.data, prompts=cfg.prompts,
                                       max_records=cfg.max_records, n_eval_prompts=cfg.n_eval_prompts, judge=cfg.judge,
                                       critic_init=cfg.critic_init if cfg.algo == "ppo" else None, lora=cfg.lora,
-                                      sft_stage=stage("sft"), reward_stage=stage("reward"), **models), default=str))
+                                      sft_stage=_stage_hash(out / "sft"),
+                                      reward_stage=_stage_hash(out / "reward"), **models), default=str))
 
 def stage_settings(cfg: PipelineConfig, stage: str) -> dict:
     "What a finished SFT or reward stage's result depends on (recorded in its stage.json, checked on --resume)."
@@ -204,11 +212,10 @@ def stage_settings(cfg: PipelineConfig, stage: str) -> dict:
         s.update(reward_model=cfg.reward_model, reward_pooling=cfg.reward_pooling, reward_with_prompt=cfg.reward_with_prompt,
                  reward=resolved(make_config(RewardConfig, cfg.reward)), reward_norm=cfg.reward_norm)
         if cfg.reward_norm:                                               # the SFT answers it was shifted with
-            gen = resolved(make_config(PPOConfig, cfg.ppo, **PPO_DEFAULTS))
             s.update(n_norm_prompts=cfg.n_norm_prompts, prompts=cfg.prompts,
-                     sampling={k: v for k, v in gen.items() if k in SAMPLING})
+                     sampling={k: v for k, v in _ppo_settings(cfg).items() if k in SAMPLING})
         if cfg.reward_model is None or cfg.reward_norm:                 # built on, or normalised with, the SFT model
-            s["sft_stage"] = hashlib.sha1(json.dumps(_stage_info(out / "sft"), sort_keys=True, default=str).encode()).hexdigest()
+            s["sft_stage"] = _stage_hash(out / "sft")
     return json.loads(json.dumps(s, default=str))
 
 def _stage_json(d: Path, stage: str, t0: float, **extra) -> None:
