@@ -252,18 +252,15 @@ def evaluate_dpo(policy, ref_policy, tokenizer, pairs, config: DPOConfig,
 def sampled_kl(policy, ref_policy, tokenizer, prompts: Sequence[str], max_new_tokens: int = 32,
                max_prompt_length: int = 128, batch_size: int = 16, seed: int = 0) -> float:
     "KL(policy || ref) per response, estimated on responses sampled from the policy (mean of sum_t log pi - log pi_ref)."
-    from open_chatgpt.ppo import PPOConfig, forward_logprobs_values, rollout
+    from open_chatgpt.evaluation import answer_kl
+    from open_chatgpt.ppo import PPOConfig, rollout
     cfg = PPOConfig(max_new_tokens=max_new_tokens, max_prompt_length=max_prompt_length, temperature=1.0)
     kls = []
     with torch.random.fork_rng(devices=rng_devices(policy)):                  # leave the training random state alone
         torch.manual_seed(seed)
         for i in range(0, len(prompts), batch_size):
             b = rollout(policy, tokenizer, list(prompts[i:i + batch_size]), cfg)
-            ids, am = torch.cat([b["query"], b["response"]], 1), torch.cat([b["query_mask"], b["response_mask"]], 1)
-            P, m = b["query"].shape[1], b["response_mask"].bool()
-            lp, _, _ = forward_logprobs_values(policy, ids, am, P)
-            rlp, _, _ = forward_logprobs_values(ref_policy, ids, am, P)
-            kls.append(torch.where(m, lp - rlp.to(lp.device), torch.zeros_like(lp)).sum(1).cpu())
+            kls.append(answer_kl(policy, ref_policy, b).cpu())                # chapter 7's per-answer estimate
     return float(torch.cat(kls).mean())
 
 # %% ../nbs/08_dpo.ipynb #38bfdf9b

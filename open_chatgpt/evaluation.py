@@ -62,7 +62,7 @@ def answer_kl(policy, ref_policy, batch: dict, temperature: float = 1.0) -> torc
     P, m = batch["query"].shape[1], batch["response_mask"].bool()                    # (batch, R)
     lp, _, _ = forward_logprobs_values(policy, ids, am, P, temperature)
     rlp, _, _ = forward_logprobs_values(ref_policy, ids, am, P, temperature)
-    return torch.where(m, lp - rlp, torch.zeros_like(lp)).sum(1)
+    return torch.where(m, lp - rlp.to(lp.device), torch.zeros_like(lp)).sum(1)  # ref may sit elsewhere
 
 @torch.no_grad()
 def sample_answers(
