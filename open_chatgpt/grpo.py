@@ -159,7 +159,8 @@ class GRPOConfig:
     learning_rate: float = 1e-5           # Adam step size
     batch_size: int = 8                   # prompts per step; each is sampled num_generations times
     num_generations: int = 4              # G: completions per prompt (the group)
-    mini_batch_size: int = 8              # completions per forward/backward pass and optimizer step
+    mini_batch_size: int = 8              # completions per optimizer step
+    micro_batch_size: int = 0             # completions per forward/backward inside a minibatch (0: the whole minibatch)
     num_iterations: int = 1               # mu: passes over each sampled batch (1: on-policy)
     advantage: str = "grpo"               # "grpo": group-normalised; "rloo": leave-one-out baseline
     scale_rewards: Union[str, bool] = "group"  # "group" | "batch" | "none" (Dr. GRPO); "grpo" advantage only
@@ -183,6 +184,9 @@ class GRPOConfig:
     @property
     def completions_per_step(self) -> int: return self.batch_size * self.num_generations
 
+    @property
+    def forward_batch_size(self) -> int: return min(self.micro_batch_size or self.mini_batch_size, self.mini_batch_size)
+
     def validate(self, context_length: Optional[int] = None) -> "GRPOConfig":
         "Raise a ValueError naming the setting to change if this configuration cannot run."
         _check_grpo_config(self, context_length)                      # the checks: next cell
@@ -197,6 +201,9 @@ def _check_grpo_config(c: GRPOConfig, context_length: Optional[int] = None) -> N
     if c.completions_per_step % c.mini_batch_size:
         raise ValueError(f"batch_size * num_generations ({c.completions_per_step}) must be a multiple of "
                          f"mini_batch_size ({c.mini_batch_size})")
+    if c.micro_batch_size < 0: raise ValueError(f"micro_batch_size must be >= 0 (0: the whole minibatch), got {c.micro_batch_size}")
+    if c.mini_batch_size % c.forward_batch_size:
+        raise ValueError(f"micro_batch_size ({c.micro_batch_size}) must divide mini_batch_size ({c.mini_batch_size})")
     if c.advantage not in ADVANTAGES: raise ValueError(f"advantage must be one of {ADVANTAGES}, got {c.advantage!r}")
     if c.loss_type not in LOSS_TYPES: raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {c.loss_type!r}")
     if c.advantage == "rloo" and _scale_mode(c.scale_rewards) != "none":
@@ -225,19 +232,28 @@ def _ordered_logprobs(model, input_ids, attention_mask, P, c, order, with_entrop
     "Log-probs (and entropy) without grad, computed in minibatches in `order`, returned in the batch's own order."
     fwd = lambda s: forward_logprobs_values(model, input_ids[s], attention_mask[s], P, c.temperature, with_entropy)
     like = input_ids[:, P:]                                          # (B, R); the first `skip` rows of `order` stay NaN
-    logprobs, _, entropy = forward_in_order(fwd, order, c.mini_batch_size, like, skip)
+    logprobs, _, entropy = forward_in_order(fwd, order, c.forward_batch_size, like, skip)
     return logprobs, (entropy if with_entropy else None)
 
 # %% ../nbs/09_grpo.ipynb #9b8b8fe2
 def _minibatch_update(policy, optimizer, params, input_ids, attention_mask, P, idx, old_logprobs, advantages, mask,
                       ref_logprobs, c, logprobs=None) -> dict:
-    "One clipped update of `policy` on the completions `idx`: forward, `grpo_loss`, backward, clip, step; its stats."
-    if logprobs is None:                             # else: this minibatch's forward with grad, done by the caller
-        logprobs, _, _ = forward_logprobs_values(policy, input_ids[idx], attention_mask[idx], P, c.temperature)
-    loss, _, st = grpo_loss(logprobs, old_logprobs[idx], advantages[idx], mask[idx], ref_logprobs[idx],
-                            c.beta, c.epsilon, c.loss_type, c.max_new_tokens, c.use_bias_correction_kl)
+    "One clipped update of `policy` on the completions `idx`, `forward_batch_size` per pass: backward, clip, step; its stats."
+    loss_of = lambda lp, rows: grpo_loss(lp, old_logprobs[rows], advantages[rows], mask[rows], ref_logprobs[rows], c.beta,
+                                         c.epsilon, c.loss_type, c.max_new_tokens, c.use_bias_correction_kl)
+    chunks = idx.split(c.forward_batch_size)                                    # logprobs: the first pass's, if done
+    # each pass's loss is a mean over its own completions (grpo, dr_grpo) or tokens (bnpo): weight it by its share
+    w = torch.stack([mask[r].sum() for r in chunks]).tolist() if c.loss_type == "bnpo" else [len(r) for r in chunks]
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    lps = []
+    for j, rows in enumerate(chunks):
+        lp = logprobs if j == 0 and logprobs is not None else forward_logprobs_values(
+            policy, input_ids[rows], attention_mask[rows], P, c.temperature)[0]   # (rows, R) with grad
+        loss, _, st = loss_of(lp, rows)
+        if w[j]: (loss * (w[j] / sum(w))).backward()                           # frees this pass's activations
+        lps.append(lp.detach())
+    if len(chunks) > 1:                                                          # the minibatch's statistics, as one pass
+        with torch.no_grad(): st = loss_of(torch.cat(lps), idx)[2]
     st["grad_norm"] = nn.utils.clip_grad_norm_(params, c.max_grad_norm).detach()
     optimizer.step()
     return st
@@ -260,7 +276,7 @@ def grpo_step(
     perms = [torch.randperm(B) for _ in range(c.num_iterations)]
 
     # ---- old and reference log-probs (no grad); old ones in the first pass's order: ratio exactly 1 at first ----
-    first = reused_rows(policy, perms[0], c.mini_batch_size)                    # forwarded once, below
+    first = reused_rows(policy, perms[0], c.forward_batch_size)                 # forwarded once, below
     policy.eval()
     with torch.no_grad():
         old_logprobs, entropy = _ordered_logprobs(policy, input_ids, attention_mask, P, c, perms[0], True, len(first))
@@ -279,7 +295,7 @@ def grpo_step(
             for start in range(0, B, c.mini_batch_size):
                 idx = perm[start:start + c.mini_batch_size]
                 lp, first_lp = first_lp, None
-                if lp is not None: assert torch.equal(idx, first), "the reused forward must be the first minibatch's"
+                if lp is not None: assert torch.equal(idx[:len(first)], first), "the reused forward must be the first pass's"
                 step_stats.append(_minibatch_update(policy, optimizer, params, input_ids, attention_mask, P, idx,
                                                     old_logprobs, advantages, mask, ref_logprobs, c, lp))
     optimizer.zero_grad(set_to_none=True)

@@ -1,6 +1,7 @@
 """Chapter 9 (open_chatgpt.grpo): group advantages on hand-computed cases, naive == vectorised, zero-std groups,
 the on-policy first update, what a step changes (full model and LoRA), a short run, exact resume, and -- where
 bench/.venv-trl-new exists (`bash bench/setup_trl_new.sh`) -- agreement with TRL's GRPOTrainer on the same batch."""
+import dataclasses
 import json
 import math
 import os
@@ -13,7 +14,7 @@ import torch
 from open_chatgpt.data import get_tokenizer, sample_prompts
 from open_chatgpt.grpo import (GRPOConfig, LOSS_TYPES, aggregate_loss, grpo_advantages, grpo_loss, grpo_per_token_loss,
                                grpo_step, make_grpo_models, rloo_advantages, train_grpo, zero_std_groups)
-from open_chatgpt.models import tiny_model
+from open_chatgpt.models import FAMILIES, tiny_model
 from open_chatgpt.plumbing import read_metrics
 from open_chatgpt.ppo import rollout
 from open_chatgpt.ppo_core import ppo_policy_loss
@@ -182,6 +183,40 @@ def test_gradient_checkpointing_with_lora_is_exact(tok, prompts):
         assert any(seen) == ck and not any(is_checkpointing(m) for m in policy.modules())  # on in the update, off after
     assert out[False].keys() == out[True].keys()
     assert all(torch.equal(out[False][n], out[True][n]) for n in out[False])
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("lora", [False, True])
+def test_micro_batches_give_the_minibatch_step(tok, prompts, family, lora):
+    """`micro_batch_size=1` (one unpadded completion per forward/backward, the passes weighted by their share) = one
+    padded pass per minibatch: the same weights after a step (SGD: the gradients themselves) and the same statistics,
+    for every family, full or LoRA, each loss type, a second off-policy pass included; on-policy at first."""
+    import copy
+    from open_chatgpt.sft import add_lora
+    torch.manual_seed(0)
+    sft = tiny_model(family, tok, d=32, n_layer=1, n_head=2)
+    if lora: sft = add_lora(sft, dict(r=4, lora_alpha=8, lora_dropout=0.0))   # peft's modules per family
+    policy, ref = make_grpo_models(sft, tok)
+    loss_type = LOSS_TYPES[FAMILIES.index(family) % len(LOSS_TYPES)]          # each loss type on two families
+    c0 = GRPOConfig(batch_size=2, num_generations=4, mini_batch_size=4, num_iterations=2, max_new_tokens=8,
+                    max_prompt_length=32, beta=0.04, loss_type=loss_type)
+    torch.manual_seed(0)
+    batch = rollout(policy, tok, [p for p in sorted(prompts, key=len)[::13][:2] for _ in range(4)], c0)
+    for i, n in enumerate([8, 3, 6, 1, 8, 5, 2, 7]):                          # responses of different lengths
+        batch["response_mask"][i, n:] = 0; batch["response"][i, n:] = tok.pad_token_id
+    assert batch["query_mask"].sum(1).unique().numel() > 1                    # prompts of different lengths: padding
+    rewards = torch.randn(8, generator=torch.Generator().manual_seed(1))
+    out = []
+    for c in (c0, dataclasses.replace(c0, micro_batch_size=1)):
+        p = copy.deepcopy(policy)
+        opt = torch.optim.SGD([q for q in p.parameters() if q.requires_grad], lr=1.0)
+        torch.manual_seed(2); st = grpo_step(p, ref, opt, batch, rewards, c)
+        out.append(({n: q.detach() for n, q in p.named_parameters() if q.requires_grad}, st))
+    (w0, s0), (w1, s1) = out
+    for n in w0: torch.testing.assert_close(w0[n], w1[n], atol=1e-5, rtol=1e-4, msg=lambda m: f"{n}: {m}")
+    for k in ("losses/policy_loss", "policy/clipfrac", "policy/approxkl", "policy/ratio_max", "objective/kl"):
+        torch.testing.assert_close(torch.tensor(s0[k]), torch.tensor(s1[k]), atol=1e-6, rtol=1e-5)
+    assert s1["policy/first_ratio_min"] == s1["policy/first_ratio_max"] == 1.0 and s0["policy/ratio_max"] > 1.0
+
 
 def _direction_reward(toy):
     "Share of response tokens whose (initial) embedding has a positive first coordinate: learnable in a few steps."
