@@ -242,18 +242,18 @@ def _minibatch_update(policy, optimizer, params, input_ids, attention_mask, P, i
     loss_of = lambda lp, rows: grpo_loss(lp, old_logprobs[rows], advantages[rows], mask[rows], ref_logprobs[rows], c.beta,
                                          c.epsilon, c.loss_type, c.max_new_tokens, c.use_bias_correction_kl)
     chunks = idx.split(c.forward_batch_size)                                    # logprobs: the first pass's, if done
+    ks = torch.stack([mask[r].sum() for r in chunks]).tolist()                 # each pass's response tokens (one sync)
     # each pass's loss is a mean over its own completions (grpo, dr_grpo) or tokens (bnpo): weight it by its share
-    w = torch.stack([mask[r].sum() for r in chunks]).tolist() if c.loss_type == "bnpo" else [len(r) for r in chunks]
+    w = ks if c.loss_type == "bnpo" else [len(r) for r in chunks]
     optimizer.zero_grad(set_to_none=True)
     lps = []
-    for j, rows in enumerate(chunks):
-        lp = logprobs if j == 0 and logprobs is not None else forward_logprobs_values(
-            policy, input_ids[rows], attention_mask[rows], P, c.temperature)[0]   # (rows, R) with grad
-        loss, _, st = loss_of(lp, rows)
-        if w[j]: (loss * (w[j] / sum(w))).backward()                           # frees this pass's activations
+    for j, (rows, k) in enumerate(zip(chunks, ks)):
+        with torch.set_grad_enabled(k > 0):          # a pass without response tokens adds nothing: no backward
+            lp = logprobs if j == 0 and logprobs is not None else forward_logprobs_values(
+                policy, input_ids[rows], attention_mask[rows], P, c.temperature)[0]   # (rows, R)
+        if k: (loss_of(lp, rows)[0] * (w[j] / sum(w))).backward()              # frees this pass's activations
         lps.append(lp.detach())
-    if len(chunks) > 1:                                                          # the minibatch's statistics, as one pass
-        with torch.no_grad(): st = loss_of(torch.cat(lps), idx)[2]
+    with torch.no_grad(): st = loss_of(torch.cat(lps), idx)[2]                # the minibatch's statistics, as one pass
     st["grad_norm"] = nn.utils.clip_grad_norm_(params, c.max_grad_norm).detach()
     optimizer.step()
     return st

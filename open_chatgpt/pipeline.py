@@ -852,7 +852,7 @@ REAL_RUN = dict(model="smollm2-135m-instruct", reward_model="minilm-l6", reward_
                          target=2.0, horizon=200, shared_backbone=True, vf_coef=0.1),
                 # 8 sampled answers per step as PPO (2 prompts x 4), the same LoRA learning rate and checkpoints; but 16
                 # steps, half PPO's 32 and half its sampled answers (7 min of steps here, near issue #15's 10 minutes);
-                # micro_batch_size=1 as PPO's: the same gradient, an update 15-20% faster here (bench/grpo-micro-batch.md)
+                # micro_batch_size=1 as PPO's: the same gradient, an update in 15-20% less time here (bench/grpo-micro-batch.md)
                 grpo=dict(learning_rate=2e-4, batch_size=2, num_generations=4, mini_batch_size=4, micro_batch_size=1,
                           total_steps=16, save_every=8, beta=0.04),
                 # DPO: 4 comparisons (8 sequences) per step; no sampling, so a step costs about one PPO update

@@ -201,16 +201,19 @@ def test_micro_batches_give_the_minibatch_step(tok, prompts, family, lora):
                     max_prompt_length=32, beta=0.04, loss_type=loss_type)
     torch.manual_seed(0)
     batch = rollout(policy, tok, [p for p in sorted(prompts, key=len)[::13][:2] for _ in range(4)], c0)
-    for i, n in enumerate([8, 3, 6, 1, 8, 5, 2, 7]):                          # responses of different lengths
+    for i, n in enumerate([8, 3, 6, 0, 8, 5, 2, 7]):                          # different lengths, one empty
         batch["response_mask"][i, n:] = 0; batch["response"][i, n:] = tok.pad_token_id
     assert batch["query_mask"].sum(1).unique().numel() > 1                    # prompts of different lengths: padding
     rewards = torch.randn(8, generator=torch.Generator().manual_seed(1))
     out = []
     for c in (c0, dataclasses.replace(c0, micro_batch_size=1)):
-        p = copy.deepcopy(policy)
+        p, calls = copy.deepcopy(policy), []
+        p.register_forward_hook(lambda *a: calls.append(1))
         opt = torch.optim.SGD([q for q in p.parameters() if q.requires_grad], lr=1.0)
         torch.manual_seed(2); st = grpo_step(p, ref, opt, batch, rewards, c)
         out.append(({n: q.detach() for n, q in p.named_parameters() if q.requires_grad}, st))
+        n_pass = 8 // c.forward_batch_size                                     # passes over the batch, 2 with grad
+        assert len(calls) == 2 * n_pass + n_pass - 1, len(calls)               # old forwards in those passes, 1st reused
     (w0, s0), (w1, s1) = out
     for n in w0: torch.testing.assert_close(w0[n], w1[n], atol=1e-5, rtol=1e-4, msg=lambda m: f"{n}: {m}")
     for k in ("losses/policy_loss", "policy/clipfrac", "policy/approxkl", "policy/ratio_max", "objective/kl"):
