@@ -55,13 +55,16 @@ def pooled_win_rate(a: torch.Tensor, b: torch.Tensor) -> dict:
 
 # %% ../nbs/07_evaluation.ipynb #f457f8e0
 @torch.no_grad()
-def answer_kl(policy, ref_policy, batch: dict, temperature: float = 1.0) -> torch.Tensor:
+def answer_kl(policy, ref_policy, batch: dict, temperature: float = 1.0, rows_per_pass: Optional[int] = None) -> torch.Tensor:
     "Per-answer estimate of KL(policy || ref) (batch,): the summed log-ratio of the sampled response tokens."
     ids = torch.cat([batch["query"], batch["response"]], 1)                          # (batch, P + R)
     am = torch.cat([batch["query_mask"], batch["response_mask"]], 1)
     P, m = batch["query"].shape[1], batch["response_mask"].bool()                    # (batch, R)
-    lp, _, _ = forward_logprobs_values(policy, ids, am, P, temperature)
-    rlp, _, _ = forward_logprobs_values(ref_policy, ids, am, P, temperature)
+    k = rows_per_pass or (1 if ids.device.type == "cpu" else len(ids))   # CPU: one row per pass, no padding to compute
+    fwd = lambda model: torch.cat([forward_logprobs_values(model, ids[i:i + k], am[i:i + k], P, temperature)[0]
+                                   for i in range(0, len(ids), k)])                  # (batch, R)
+    lp = batch["logprobs"] if "logprobs" in batch else fwd(policy)    # the sampler's own (rollout(return_logprobs=True))
+    rlp = fwd(ref_policy)
     return torch.where(m, lp - rlp.to(lp.device), torch.zeros_like(lp)).sum(1)  # ref may sit elsewhere
 
 @torch.no_grad()
@@ -85,7 +88,7 @@ def sample_answers(
     with torch.random.fork_rng(devices=rng_devices(policy)):                       # leave the caller's RNG alone
         torch.manual_seed(seed)
         for i in tqdm(range(0, len(rows), batch_size), desc="answers", disable=not progress):
-            b = rollout(policy, tokenizer, rows[i:i + batch_size], config)
+            b = rollout(policy, tokenizer, rows[i:i + batch_size], config, return_logprobs=ref_policy is not None)
             out["responses"] += b["responses"]; out["has_eos"].append(b["has_eos"].cpu())
             out["length"].append(b["response_mask"].sum(1).float().cpu())
             if ref_policy is not None: out["kl"].append(answer_kl(policy, ref_policy, b, config.temperature).cpu())

@@ -312,7 +312,8 @@ def sample_tokens(
     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, do_sample: bool = True,
     min_new_tokens: int = 1,                   # EOS is forbidden before this many tokens
     expand: Optional[torch.Tensor] = None,     # (rows,) the query row each answer continues; None = one answer per row
-) -> torch.Tensor:  # (rows, max_new_tokens), pad after each row's end
+    return_logprobs: bool = False,             # also each drawn token's log-prob (rows, max_new_tokens), 0 after the end
+) -> torch.Tensor:  # (rows, max_new_tokens), pad after each row's end; with return_logprobs: (tokens, logprobs)
     "Responses with a KV cache; a row leaves the batch (and the cache) as soon as it writes EOS."
     ck = cache_kw(model)
     o = model(**model_inputs(model, query, query_mask), use_cache=True, **logits_to_keep_kw(model, 1))  # prefill: the whole prompt, last logit
@@ -322,12 +323,15 @@ def sample_tokens(
         cache, logits, query_mask = _select_rows(cache, expand), logits[expand], query_mask[expand]
     B = logits.shape[0]
     out = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=query.device)
+    out_lp = torch.zeros(B, max_new_tokens, device=query.device) if return_logprobs else None
     rows, am = torch.arange(B, device=query.device), query_mask                        # rows still answering
     pos, with_pos = position_ids_from_mask(query_mask)[:, -1], accepts_position_ids(model)
-    for t in range(max_new_tokens):
+    for t in range(max_new_tokens):                # log pi(. | prefix) at `temperature`, before EOS is barred or top-k/p
+        lsm = (logits.float() / temperature).log_softmax(-1) if return_logprobs else None   # (active, vocab)
         if t < min_new_tokens: logits[:, eos_token_id] = -math.inf
         tok = sample_next(logits, temperature, top_k, top_p, do_sample)               # (active,)
         out[rows, t] = tok
+        if return_logprobs: out_lp[rows, t] = lsm.gather(1, tok[:, None]).squeeze(1)
         live = tok != eos_token_id
         if t == max_new_tokens - 1 or not live.any(): break
         if not live.all():                                                             # drop the rows that ended
@@ -338,7 +342,7 @@ def sample_tokens(
         if with_pos: kw["position_ids"] = pos[:, None]
         o = model(**kw)
         cache, logits = o[ck], o.logits[:, -1]
-    return out
+    return (out, out_lp) if return_logprobs else out
 
 # %% ../nbs/06_ppo.ipynb #e6213ea7
 def unique_prompts(prompts: Sequence[str]) -> tuple[list[str], torch.Tensor]:
@@ -355,6 +359,7 @@ def rollout(
     prompts: Sequence[str],
     config: PPOConfig,
     do_sample: bool = True,  # False: greedy decoding (for evaluation)
+    return_logprobs: bool = False,  # also `logprobs` (batch, resp): each response token's log-prob as it was sampled
 ) -> dict:
     "Sample one response per prompt (`sample_tokens`); left-padded queries, responses cut after their first EOS."
     policy = policy.policy if isinstance(policy, PolicyAndValue) else policy
@@ -368,7 +373,8 @@ def rollout(
     policy.eval()
     out = sample_tokens(policy, query, query_mask, config.max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id,
                         config.temperature, config.top_k, config.top_p, do_sample,
-                        expand=index if len(distinct) < len(prompts) else None)      # (batch, resp)
+                        expand=index if len(distinct) < len(prompts) else None, return_logprobs=return_logprobs)
+    out, lp = out if return_logprobs else (out, None)                                # (batch, resp) each
     policy.train(was_training)
     query, query_mask = query[index], query_mask[index]                              # (batch, P): one row per answer
     response, response_mask, has_eos = truncate_after_eos(out, tokenizer.eos_token_id, tokenizer.pad_token_id)
@@ -376,8 +382,10 @@ def rollout(
     response, response_mask = response[:, :width], response_mask[:, :width]
     texts = tokenizer.batch_decode(torch.where(response_mask.bool() & (response != tokenizer.eos_token_id), response,
                                                tokenizer.pad_token_id), skip_special_tokens=True)
-    return dict(prompts=list(prompts), responses=texts, query=query, query_mask=query_mask, response=response,
-                response_mask=response_mask, has_eos=has_eos)
+    res = dict(prompts=list(prompts), responses=texts, query=query, query_mask=query_mask, response=response,
+               response_mask=response_mask, has_eos=has_eos)
+    if return_logprobs: res["logprobs"] = torch.where(response_mask.bool(), lp[:, :width], torch.zeros_like(lp[:, :width]))
+    return res
 
 # %% ../nbs/06_ppo.ipynb #a9ea5518
 def same_tokenizer(tok_a, tok_b) -> bool:

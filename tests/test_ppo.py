@@ -231,3 +231,28 @@ def test_micro_batches_give_the_minibatch_gradient(family, lora):
     (g0, s0), (g1, s1) = backward(c0, d), backward(c1, d)
     for a, b in zip(g0, g1): torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
     for k in s0: torch.testing.assert_close(s0[k], s1[k], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("lora", [False, True])
+def test_sampler_logprobs_equal_a_forward_pass(family, lora):
+    """`rollout(..., return_logprobs=True)`: each sampled token's log-prob as the sampler computed it equals the
+    forward pass's (`forward_logprobs_values`) on the same sequences, for every family, full or LoRA (adapters trained:
+    B non-zero), with left padding, a shared prefill (groups), temperature and top-k; 0 past each response's end."""
+    torch.manual_seed(0)
+    model = tiny_model(family, TOK).eval()
+    if lora:
+        model = add_lora(model, dict(r=4, lora_alpha=8, lora_dropout=0.0)).eval()
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n: p.normal_(0, 0.5)                      # an adapter that changes the outputs
+    c = PPOConfig(max_new_tokens=10, max_prompt_length=40, temperature=0.7, top_k=30)
+    prompts = [PROMPTS[0]] * 3 + sorted(PROMPTS, key=len)[:2] + [PROMPTS[5]] * 2
+    b = rollout(model, TOK, prompts, c, return_logprobs=True)
+    assert b["query_mask"].sum(1).unique().numel() > 1                   # prompts of different lengths: left padding
+    ids, am = torch.cat([b["query"], b["response"]], 1), torch.cat([b["query_mask"], b["response_mask"]], 1)
+    lp, _, _ = forward_logprobs_values(model, ids, am, b["query"].shape[1], temperature=0.7)
+    m = b["response_mask"].bool()
+    torch.testing.assert_close(b["logprobs"][m], lp[m], atol=1e-5, rtol=1e-5)
+    assert (b["logprobs"][~m] == 0).all() and b["logprobs"].shape == b["response"].shape
+    assert (b["logprobs"][m] < 0).all()
