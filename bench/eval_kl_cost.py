@@ -2,7 +2,7 @@
 """What the evaluation's KL estimate costs on the real model (chapter 7's `answer_kl`): SmolLM2-135M-Instruct with
 REAL_RUN's LoRA, 32 held-out prompts, up to 64 new tokens, one torch thread, CPU seconds:
   sampling (rollout, the sampler's log-probs kept), the two batched forward passes the estimate used to take, the
-  reference's forward batched and one row at a time, and answer_kl as it runs now; the largest difference between
+  reference's forward batched, and answer_kl as it runs now (the reference one row per pass); the largest difference between
   the sampler's log-probs and a forward pass's.
 
     .venv/bin/python bench/eval_kl_cost.py      # about 4 minutes here

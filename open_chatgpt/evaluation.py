@@ -57,6 +57,10 @@ def pooled_win_rate(a: torch.Tensor, b: torch.Tensor) -> dict:
 @torch.no_grad()
 def answer_kl(policy, ref_policy, batch: dict, temperature: float = 1.0, rows_per_pass: Optional[int] = None) -> torch.Tensor:
     "Per-answer estimate of KL(policy || ref) (batch,): the summed log-ratio of the sampled response tokens."
+    # with the sampler's log-probs in `batch` the policy runs no forward (equal to one up to rounding, not bit for bit)
+    if "logprobs" in batch and batch.get("logprobs_temperature") != temperature:
+        raise ValueError(f"the batch's log-probs were sampled at temperature {batch.get('logprobs_temperature')}, not "
+                         f"{temperature}: pass temperature={batch.get('logprobs_temperature')}, or drop 'logprobs'")
     ids = torch.cat([batch["query"], batch["response"]], 1)                          # (batch, P + R)
     am = torch.cat([batch["query_mask"], batch["response_mask"]], 1)
     P, m = batch["query"].shape[1], batch["response_mask"].bool()                    # (batch, R)

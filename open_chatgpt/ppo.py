@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -313,7 +313,7 @@ def sample_tokens(
     min_new_tokens: int = 1,                   # EOS is forbidden before this many tokens
     expand: Optional[torch.Tensor] = None,     # (rows,) the query row each answer continues; None = one answer per row
     return_logprobs: bool = False,             # also each drawn token's log-prob (rows, max_new_tokens), 0 after the end
-) -> torch.Tensor:  # (rows, max_new_tokens), pad after each row's end; with return_logprobs: (tokens, logprobs)
+) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:  # (rows, max_new_tokens), pad after each end; or with logprobs
     "Responses with a KV cache; a row leaves the batch (and the cache) as soon as it writes EOS."
     ck = cache_kw(model)
     o = model(**model_inputs(model, query, query_mask), use_cache=True, **logits_to_keep_kw(model, 1))  # prefill: the whole prompt, last logit
@@ -384,7 +384,9 @@ def rollout(
                                                tokenizer.pad_token_id), skip_special_tokens=True)
     res = dict(prompts=list(prompts), responses=texts, query=query, query_mask=query_mask, response=response,
                response_mask=response_mask, has_eos=has_eos)
-    if return_logprobs: res["logprobs"] = torch.where(response_mask.bool(), lp[:, :width], torch.zeros_like(lp[:, :width]))
+    if return_logprobs:                                       # and the temperature they are at (answer_kl checks it)
+        res.update(logprobs=torch.where(response_mask.bool(), lp[:, :width], torch.zeros_like(lp[:, :width])),
+                   logprobs_temperature=config.temperature)
     return res
 
 # %% ../nbs/06_ppo.ipynb #a9ea5518

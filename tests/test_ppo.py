@@ -248,11 +248,21 @@ def test_sampler_logprobs_equal_a_forward_pass(family, lora):
                 if "lora_B" in n: p.normal_(0, 0.5)                      # an adapter that changes the outputs
     c = PPOConfig(max_new_tokens=10, max_prompt_length=40, temperature=0.7, top_k=30)
     prompts = [PROMPTS[0]] * 3 + sorted(PROMPTS, key=len)[:2] + [PROMPTS[5]] * 2
-    b = rollout(model, TOK, prompts, c, return_logprobs=True)
+    head = (model.get_base_model() if lora else model).get_output_embeddings()
+    for bias in (0.25, 0.5, 1.0, 1.5, 2.0, 3.0):                       # raise EOS until some answers end, not all:
+        def eos_bias(m, inputs, logits):                                 # rows leave the batch mid-way
+            logits = logits.clone(); logits[..., TOK.eos_token_id] += bias; return logits
+        hook = head.register_forward_hook(eos_bias)
+        torch.manual_seed(0)
+        b = rollout(model, TOK, prompts, c, return_logprobs=True)
+        if b["has_eos"].any() and not b["has_eos"].all(): break
+        hook.remove()
+    assert b["has_eos"].any() and not b["has_eos"].all(), b["has_eos"]
     assert b["query_mask"].sum(1).unique().numel() > 1                   # prompts of different lengths: left padding
     ids, am = torch.cat([b["query"], b["response"]], 1), torch.cat([b["query_mask"], b["response_mask"]], 1)
     lp, _, _ = forward_logprobs_values(model, ids, am, b["query"].shape[1], temperature=0.7)
+    hook.remove()
     m = b["response_mask"].bool()
     torch.testing.assert_close(b["logprobs"][m], lp[m], atol=1e-5, rtol=1e-5)
-    assert (b["logprobs"][~m] == 0).all() and b["logprobs"].shape == b["response"].shape
+    assert (~m).any() and (b["logprobs"][~m] == 0).all() and b["logprobs"].shape == b["response"].shape
     assert (b["logprobs"][m] < 0).all()
