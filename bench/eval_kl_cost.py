@@ -7,17 +7,17 @@ REAL_RUN's LoRA, 32 held-out prompts, up to 64 new tokens, one torch thread, CPU
 
     .venv/bin/python bench/eval_kl_cost.py      # about 4 minutes here
 """
-import os, platform, time
+import os, time
 import torch
 from open_chatgpt.data import get_tokenizer, sample_prompts
 from open_chatgpt.evaluation import answer_kl
 from open_chatgpt.pipeline import REAL_RUN
+from open_chatgpt.plumbing import machine_name
 from open_chatgpt.ppo import PPOConfig, forward_logprobs_values, make_ppo_models, rollout
 from open_chatgpt.sft import load_policy
 
 torch.set_num_threads(1)
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-print(f"machine: {cpu}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; torch {torch.__version__}, 1 thread")
+print(f"machine: {machine_name()}, load average {os.getloadavg()[0]:.1f}; torch {torch.__version__}, 1 thread")
 tok = get_tokenizer("smollm2-135m-instruct")
 pv, ref = make_ppo_models(load_policy("smollm2-135m-instruct", tokenizer=tok, lora=REAL_RUN["lora"]), tok, shared_backbone=True)
 policy, cfg = pv.policy, PPOConfig(max_new_tokens=64, max_prompt_length=192)

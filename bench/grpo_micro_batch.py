@@ -4,16 +4,16 @@ thread, and the largest difference of the trained weights (Adam's first step: ab
 
     .venv/bin/python bench/grpo_micro_batch.py [REPEATS]      # about 3 minutes with 3 repeats
 """
-import copy, dataclasses, os, platform, sys, time
+import copy, dataclasses, os, sys, time
 import torch
 from open_chatgpt.data import get_tokenizer, sample_prompts
 from open_chatgpt.grpo import GRPOConfig, grpo_step, make_grpo_models
 from open_chatgpt.pipeline import REAL_RUN
+from open_chatgpt.plumbing import machine_name
 from open_chatgpt.ppo import rollout
 from open_chatgpt.sft import load_policy
 torch.set_num_threads(1)
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-print(f"machine: {cpu}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; torch {torch.__version__}, 1 thread")
+print(f"machine: {machine_name()}, load average {os.getloadavg()[0]:.1f}; torch {torch.__version__}, 1 thread")
 tok = get_tokenizer("smollm2-135m-instruct")
 policy, ref = make_grpo_models(load_policy("smollm2-135m-instruct", tokenizer=tok, lora=REAL_RUN["lora"]), tok)
 g = REAL_RUN["grpo"]

@@ -384,9 +384,8 @@ def rollout(
                                                tokenizer.pad_token_id), skip_special_tokens=True)
     res = dict(prompts=list(prompts), responses=texts, query=query, query_mask=query_mask, response=response,
                response_mask=response_mask, has_eos=has_eos)
-    if return_logprobs:                                       # and the temperature they are at (answer_kl checks it)
-        res.update(logprobs=torch.where(response_mask.bool(), lp[:, :width], torch.zeros_like(lp[:, :width])),
-                   logprobs_temperature=config.temperature)
+    if return_logprobs:           # 0 past each end (sample_tokens writes none there); the temperature for answer_kl
+        res.update(logprobs=lp[:, :width], logprobs_temperature=config.temperature)
     return res
 
 # %% ../nbs/06_ppo.ipynb #a9ea5518
