@@ -20,7 +20,8 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .plumbing import atomic_write_text, model_device, rng_devices, save_figure
-from .ppo import PPOConfig, PolicyAndValue, batched_forward, forward_logprobs_values, rollout, score
+from .ppo import (PPOConfig, PolicyAndValue, batched_forward, forward_logprobs_values, generation_autocast,
+                              rollout, score)
 from .reward import wilson_interval
 
 # %% ../nbs/07_evaluation.ipynb #eb85f5dc
@@ -65,8 +66,10 @@ def answer_kl(policy, ref_policy, batch: dict, temperature: float = 1.0, rows_pe
     am = torch.cat([batch["query_mask"], batch["response_mask"]], 1)
     P, m = batch["query"].shape[1], batch["response_mask"].bool()                    # (batch, R)
     k = rows_per_pass or (1 if ids.device.type == "cpu" else len(ids))   # CPU: one row per pass, no padding to compute
-    fwd = lambda model: batched_forward(lambda s: forward_logprobs_values(model, ids[s], am[s], P, temperature),
-                                        torch.arange(len(ids), device=ids.device), k)[0]   # (batch, R)
+    def fwd(model):                                                       # in the precision the batch was sampled in
+        with generation_autocast(batch.get("generation_dtype", "float32"), ids.device, model):
+            return batched_forward(lambda s: forward_logprobs_values(model, ids[s], am[s], P, temperature),
+                                   torch.arange(len(ids), device=ids.device), k)[0]     # (batch, R)
     lp = batch["logprobs"] if "logprobs" in batch else fwd(policy)    # the sampler's own (rollout(return_logprobs=True))
     rlp = fwd(ref_policy)
     return torch.where(m, lp - rlp.to(lp.device), torch.zeros_like(lp)).sum(1)  # ref may sit elsewhere

@@ -35,8 +35,8 @@ from .evaluation import (JudgeConfig, best_of_n, load_or_train_judge, load_qa_pr
                                      summarize_answers)
 from .plumbing import (RESUMABLE, atomic_write_text, changed_settings, context_length, peak_rss_gib,
                                    read_metrics, save_figure, stage_dir, write_jsonl)
-from .ppo import (PPOConfig, make_ppo_models, plot_dials, reward_critic_problem, reward_model_fn, rollout,
-                             same_tokenizer, train_ppo)
+from .ppo import (PPOConfig, make_ppo_models, plot_dials, resolve_generation_dtype, reward_critic_problem,
+                             reward_model_fn, rollout, same_tokenizer, train_ppo)
 from .ppo_core import AdaptiveKLController
 
 # %% ../nbs/10_pipeline.ipynb #e9262d5c
@@ -439,7 +439,7 @@ def grpo_config(cfg: PipelineConfig):
     algo_defaults = dict(advantage="rloo", scale_rewards="none") if cfg.algo == "rloo" else dict(advantage="grpo")
     return make_config(GRPOConfig, cfg.grpo, **{**GRPO_DEFAULTS, **algo_defaults, "max_new_tokens": gen.max_new_tokens,
                        "max_prompt_length": gen.max_prompt_length, "temperature": gen.temperature,
-                       "top_k": gen.top_k, "top_p": gen.top_p,
+                       "top_k": gen.top_k, "top_p": gen.top_p, "generation_dtype": gen.generation_dtype,
                        "missing_eos_penalty": gen.missing_eos_penalty, "seed": cfg.seed,
                        "output_dir": str(Path(cfg.output_dir) / cfg.algo)})
 
@@ -510,8 +510,9 @@ def qa_probe_results(cfg: PipelineConfig, final_policy, tok, gen: PPOConfig, log
     res = {}
     for name, path in (("base", cfg.model), ("sft", str(out / "sft")), ("rl", None)):
         if name == "base" and path is None: continue
-        key = hashlib.sha1(json.dumps([cfg.model if name == "base" else _stage_info(out / "sft"), items, gen.max_new_tokens,
-                                       gen.max_prompt_length], sort_keys=True, default=str).encode()).hexdigest()
+        parts = [cfg.model if name == "base" else _stage_info(out / "sft"), items, gen.max_new_tokens, gen.max_prompt_length]
+        if _sampling_dtype(gen) != "float32": parts.append(_sampling_dtype(gen))
+        key = hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
         if name != "rl" and (old.get(name) or {}).get("key") == key:          # the same greedy answers: score them again
             res[name] = dict(old[name], **qa_score(old[name]["answers"], items), reused=True); continue
         t0 = time.perf_counter()
@@ -525,12 +526,17 @@ def qa_probe_results(cfg: PipelineConfig, final_policy, tok, gen: PPOConfig, log
 def _greedy(policy, tok, messages, gen) -> list[str]:
     return rollout(policy, tok, [hh_prompt(m) for m in messages], gen, do_sample=False)["responses"] if messages else []
 
+def _sampling_dtype(gen: PPOConfig) -> str:
+    "The precision the evaluation samples in on this machine (the pipeline's models sit on the CPU)."
+    return resolve_generation_dtype(gen.generation_dtype, "cpu")
+
 def _answers_key(cfg: PipelineConfig, name: str, n: int, gen: PPOConfig) -> str:
     "What a policy's evaluation answers depend on: the policy, prompts, sampling, seed and the judges' training."
     out = Path(cfg.output_dir)
     parts = [name, cfg.model if name == "base" else _stage_info(out / "sft"), eval_prompts(cfg), n, cfg.seed, cfg.showcase,
              {k: getattr(gen, k) for k in ("max_new_tokens", "max_prompt_length", "temperature", "top_k", "top_p")},
              _stage_info(out / "reward"), cfg.judge]
+    if _sampling_dtype(gen) != "float32": parts.append(_sampling_dtype(gen))   # (fp32 keys stay those of older runs)
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 def _load_answers(d: Path, name: str, key: str) -> Optional[dict]:
@@ -847,9 +853,12 @@ REAL_RUN = dict(model="smollm2-135m-instruct", reward_model="minilm-l6", reward_
                 # micro_batch_size=1: the update's passes one rollout at a time, no padding (the same gradient; on this
                 # CPU a 2-epoch ppo_step took 25.4 s instead of 31.7 s, and the benchmark's step peaked at 0.62x the
                 # memory: chapter 6)
+                # generation_dtype="auto": rollouts and evaluation answers sampled under bf16 autocast on CPUs with
+                # native bf16 (AVX512-BF16, AMX; 1.9x the sampling speed on this course's Zen 4 CPU), fp32 elsewhere;
+                # the update, its old log-probs and the reference stay fp32 (chapter 6, *Sampling in bf16*)
                 ppo=dict(learning_rate=2e-4, batch_size=8, mini_batch_size=4, micro_batch_size=1, ppo_epochs=2,
                          max_new_tokens=64, max_prompt_length=192, total_steps=32, save_every=8, init_kl_coef=0.1,
-                         target=2.0, horizon=200, shared_backbone=True, vf_coef=0.1),
+                         target=2.0, horizon=200, shared_backbone=True, vf_coef=0.1, generation_dtype="auto"),
                 # 8 sampled answers per step as PPO (2 prompts x 4), the same LoRA learning rate and checkpoints; but 16
                 # steps, half PPO's 32 and half its sampled answers (7 min of steps here, near issue #15's 10 minutes);
                 # micro_batch_size=1 as PPO's: the same gradient, an update in 15-20% less time here (bench/grpo-micro-batch.md)

@@ -266,3 +266,63 @@ def test_sampler_logprobs_equal_a_forward_pass(family, lora):
     torch.testing.assert_close(b["logprobs"][m], lp[m], atol=1e-5, rtol=1e-5)
     assert (~m).any() and (b["logprobs"][~m] == 0).all() and b["logprobs"].shape == b["response"].shape
     assert (b["logprobs"][m] < 0).all()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("lora", [False, True])
+def test_bf16_generation_samples_in_bf16_and_keeps_its_own_logprobs(family, lora):
+    """`generation_dtype="bfloat16"`: the sampler's matmuls run in bf16 (the fp32 weights untouched), the batch says
+    so, its log-probs are those of the bf16 policy (a forward pass under the same autocast, not the fp32 one), and
+    `answer_kl` scores such a batch in bf16: a policy against itself reads as about 0 nats."""
+    from open_chatgpt.evaluation import answer_kl
+    torch.manual_seed(0)
+    model = tiny_model(family, TOK).eval()
+    if lora:
+        model = add_lora(model, dict(r=4, lora_alpha=8, lora_dropout=0.0)).eval()
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n: p.normal_(0, 0.5)
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    dtypes = []
+    hooks = [m.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype)) for m in model.modules()
+             if isinstance(m, torch.nn.Linear)]
+    c = PPOConfig(max_new_tokens=10, max_prompt_length=40, temperature=0.7, generation_dtype="bfloat16")
+    torch.manual_seed(0)
+    b = rollout(model, TOK, PROMPTS[:6], c, return_logprobs=True)
+    for h in hooks: h.remove()
+    assert dtypes and set(dtypes) == {torch.bfloat16}, set(dtypes)      # every linear layer computed in bf16
+    assert b["generation_dtype"] == "bfloat16"
+    assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters())
+    ids, am = torch.cat([b["query"], b["response"]], 1), torch.cat([b["query_mask"], b["response_mask"]], 1)
+    m, P = b["response_mask"].bool(), b["query"].shape[1]
+    lp32, _, _ = forward_logprobs_values(model, ids, am, P, temperature=0.7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lp16, _, _ = forward_logprobs_values(model, ids, am, P, temperature=0.7)
+    err16, err32 = (b["logprobs"] - lp16)[m].abs().mean(), (b["logprobs"] - lp32)[m].abs().mean()
+    assert err16 < 0.05 and err16 < err32, (err16, err32)               # closer to the bf16 forward than to fp32's
+    dtypes.clear()
+    hooks = [m.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype)) for m in model.modules()
+             if isinstance(m, torch.nn.Linear)]
+    kl = answer_kl(model, model, b, temperature=0.7)                    # the reference forward in bf16 too
+    for h in hooks: h.remove()
+    assert dtypes and set(dtypes) == {torch.bfloat16}, set(dtypes)
+    kl32 = torch.where(m, b["logprobs"] - lp32, 0.0).sum(1)            # what an fp32 reference would have read
+    assert kl.abs().mean() < kl32.abs().mean() and kl.abs().mean() < 0.01, (kl, kl32)
+    torch.manual_seed(0)
+    b32 = rollout(model, TOK, PROMPTS[:6], PPOConfig(**{**dataclasses.asdict(c), "generation_dtype": "float32"}),
+                  return_logprobs=True)
+    assert b32["generation_dtype"] == "float32"
+    ids32 = torch.cat([b32["query"], b32["response"]], 1)
+    am32, m32 = torch.cat([b32["query_mask"], b32["response_mask"]], 1), b32["response_mask"].bool()
+    lp, _, _ = forward_logprobs_values(model, ids32, am32, b32["query"].shape[1], temperature=0.7)
+    torch.testing.assert_close(b32["logprobs"][m32], lp[m32], atol=1e-5, rtol=1e-5)      # fp32: as before, exact
+
+def test_generation_dtype_auto_follows_the_machine(monkeypatch):
+    "'auto' samples in bf16 exactly where `native_bf16` says bf16 matmuls are native; a typo fails in `validate`."
+    from open_chatgpt import ppo as ppo_mod
+    model = tiny()
+    for native, want in ((False, "float32"), (True, "bfloat16")):
+        monkeypatch.setattr(ppo_mod, "native_bf16", lambda device, native=native: native)
+        assert rollout(model, TOK, PROMPTS[:2], cfg(generation_dtype="auto"))["generation_dtype"] == want
+    with pytest.raises(ValueError, match="generation_dtype must be one of"):
+        cfg(generation_dtype="fp16").validate()

@@ -112,7 +112,8 @@ def test_pipeline_ppo_models_train_the_critic(tmp_path):
 
 # ---- defect 2: dropout (modules and functional) off, so the first minibatch is exactly on-policy --------------------
 @pytest.mark.parametrize("family", FAMILIES)
-def test_first_minibatch_is_on_policy(family, monkeypatch):
+@pytest.mark.parametrize("generation_dtype", ["float32", "bfloat16"])   # bf16 sampling: the update's forwards stay fp32
+def test_first_minibatch_is_on_policy(family, generation_dtype, monkeypatch):
     calls = []
     real = ppo_mod.ppo_policy_loss
     def spy(logprobs, old_logprobs, advantages, mask, clip_range):
@@ -122,7 +123,7 @@ def test_first_minibatch_is_on_policy(family, monkeypatch):
     monkeypatch.setattr(ppo_mod, "ppo_policy_loss", spy)
     sft = family_model(family)
     model, ref = make_ppo_models(sft, TOK, critic_init="sft")
-    c = cfg(batch_size=4, mini_batch_size=2, ppo_epochs=1, total_steps=2)
+    c = cfg(batch_size=4, mini_batch_size=2, ppo_epochs=1, total_steps=2, generation_dtype=generation_dtype)
     train_ppo(model, ref, TOK, lambda p, r: torch.tensor([len(x) / 10 for x in r]), PROMPTS, c, progress=False)
     per_step = len(calls) // 2
     for first in (calls[0], calls[per_step]):          # the first minibatch of step 1 and of step 2
