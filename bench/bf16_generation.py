@@ -5,7 +5,8 @@ REAL_RUN's LoRA, one torch thread, CPU seconds, the two precisions alternating i
   - a PPO rollout as the real run samples it (REAL_RUN["ppo"]: 8 training prompts, up to 64 new tokens);
   - an evaluation batch as the checkpoints sample it (`sample_answers` with the KL estimate: 32 held-out prompts);
   - how far the bf16 sampler is from the fp32 policy: KL(pi_bf16 || pi_fp32) per answer (the fp32 forward on the bf16
-    samples), the mean |log-ratio| per token, and the KL estimate of a policy against itself (`answer_kl`).
+    samples), the mean |log-ratio| per token, and the KL estimate of a policy against itself (`answer_kl`; since this
+    output was made, `answer_kl` scores a bf16 batch with two bf16 forwards, which read exactly 0 there).
 
     .venv/bin/python bench/bf16_generation.py > bench/bf16-generation.md     # about 8 minutes here
 """
@@ -58,7 +59,7 @@ med = lambda x: statistics.median(x)
 print(f"# Sampling in bf16 against fp32 (`bench/bf16_generation.py`)\n")
 print(f"Machine: {machine_name()}, one torch thread, torch {torch.__version__}; native bf16: {native_bf16('cpu')}; "
       f"load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (a load above 1 means other "
-      f"processes shared the 2 cores; CPU seconds count this process's work only). Model: SmolLM2-135M-Instruct + "
+      f"processes shared the {os.cpu_count()} cores; CPU seconds count this process's work only). Model: SmolLM2-135M-Instruct + "
       f"REAL_RUN's LoRA (untrained adapters); settings of `REAL_RUN[\"ppo\"]`; medians of {REPEATS} repeats, the two "
       f"precisions alternating, the same seed and prompts for both in each repeat.\n")
 print(f"Matmul peak (1024^3): fp32 {peak(torch.float32):.0f} GFLOP/s, bf16 {peak(torch.bfloat16):.0f} GFLOP/s.\n")

@@ -66,11 +66,13 @@ def answer_kl(policy, ref_policy, batch: dict, temperature: float = 1.0, rows_pe
     am = torch.cat([batch["query_mask"], batch["response_mask"]], 1)
     P, m = batch["query"].shape[1], batch["response_mask"].bool()                    # (batch, R)
     k = rows_per_pass or (1 if ids.device.type == "cpu" else len(ids))   # CPU: one row per pass, no padding to compute
-    def fwd(model):                                                       # in the precision the batch was sampled in
-        with generation_autocast(batch.get("generation_dtype", "float32"), ids.device, model):
+    dtype = batch.get("generation_dtype", "float32")                      # the precision the batch was sampled in
+    def fwd(model):                                                       # ... which its forwards use too
+        with generation_autocast(dtype, model_device(model), model):
             return batched_forward(lambda s: forward_logprobs_values(model, ids[s], am[s], P, temperature),
                                    torch.arange(len(ids), device=ids.device), k)[0]     # (batch, R)
-    lp = batch["logprobs"] if "logprobs" in batch else fwd(policy)    # the sampler's own (rollout(return_logprobs=True))
+    own = "logprobs" in batch and dtype == "float32"   # the sampler's own (rollout(return_logprobs=True)); not in bf16
+    lp = batch["logprobs"] if own else fwd(policy)
     rlp = fwd(ref_policy)
     return torch.where(m, lp - rlp.to(lp.device), torch.zeros_like(lp)).sum(1)  # ref may sit elsewhere
 

@@ -166,7 +166,7 @@ def _plot_curve(rows: list[dict], keys, path: Path, title: str) -> None:
     fig.tight_layout()
     save_figure(fig, path); plt.close(fig)
 
-SAMPLING = ("max_new_tokens", "max_prompt_length", "temperature", "top_k", "top_p", "missing_eos_penalty")
+SAMPLING = ("max_new_tokens", "max_prompt_length", "temperature", "top_k", "top_p", "missing_eos_penalty", "generation_dtype")
 
 def resolved(config: object) -> dict:
     "A stage's whole config (defaults filled in, as it trains) without its output_dir: what --resume compares."
@@ -178,7 +178,8 @@ def _stage_hash(d: Path) -> str:
 
 def _ppo_settings(cfg: PipelineConfig) -> dict:
     "PPO's resolved config: its sampling settings are every evaluation's, and the reward normalisation's."
-    return resolved(make_config(PPOConfig, cfg.ppo, **PPO_DEFAULTS))
+    s = resolved(make_config(PPOConfig, cfg.ppo, **PPO_DEFAULTS))
+    return s | dict(generation_dtype=resolve_generation_dtype(s["generation_dtype"], "cpu"))   # 'auto': what it is here
 
 def rl_settings(cfg: PipelineConfig) -> dict:
     "What an RL stage's result and its evaluation depend on (checked on --resume), the SFT and reward stages included."
@@ -594,13 +595,18 @@ def run_eval(cfg: PipelineConfig, log=print) -> dict:
     stage, n = out / cfg.algo, max(1, cfg.best_of_n)
     curve = read_curve(stage / "curve.jsonl")
     if not curve or not (stage / "policy").is_dir(): raise ValueError(f"no finished {cfg.algo} stage in {stage}: run it first")
+    gen = make_config(PPOConfig, cfg.ppo, **PPO_DEFAULTS)
+    was = ((_stage_info(stage).get("settings") or {}).get("ppo") or {}).get("generation_dtype", "float32")
+    if was != _sampling_dtype(gen):                                          # every policy sampled in one precision
+        raise ValueError(f"{stage} sampled its answers in {was}, this evaluation would sample in {_sampling_dtype(gen)}: "
+                         f"pass --set ppo.generation_dtype={was} to evaluate it, or delete {stage} to train it again")
     ans = policy_answers(cfg, log)
     final = _answers_at(stage, curve[-1]["step"])
     if final["prompts"] != ans["sft"]["prompts"][::n]:                       # win rates pair answers prompt by prompt
         raise ValueError(f"{stage}'s answers are to other prompts than the SFT answers (the evaluation settings changed "
                          f"since {cfg.algo} ran): delete {stage} to train this stage again, or evaluate with its settings")
     res = compare(ans, curve, final, n)
-    tok, gen = get_tokenizer(str(out / "sft")), make_config(PPOConfig, cfg.ppo, **PPO_DEFAULTS)
+    tok = get_tokenizer(str(out / "sft"))
     final_policy = load_policy(str(stage / "policy"), tokenizer=tok).eval()
     greedy_final, qa = _greedy(final_policy, tok, cfg.showcase, gen), qa_probe_results(cfg, final_policy, tok, gen, log)
     with stage_dir(out / "eval") as d:
@@ -854,7 +860,7 @@ REAL_RUN = dict(model="smollm2-135m-instruct", reward_model="minilm-l6", reward_
                 # CPU a 2-epoch ppo_step took 25.4 s instead of 31.7 s, and the benchmark's step peaked at 0.62x the
                 # memory: chapter 6)
                 # generation_dtype="auto": rollouts and evaluation answers sampled under bf16 autocast on CPUs with
-                # native bf16 (AVX512-BF16, AMX; 1.9x the sampling speed on this course's Zen 4 CPU), fp32 elsewhere;
+                # native bf16 (AVX512-BF16, AMX: a rollout in 0.53 of the fp32 CPU time on an AMD EPYC), fp32 elsewhere;
                 # the update, its old log-probs and the reference stay fp32 (chapter 6, *Sampling in bf16*)
                 ppo=dict(learning_rate=2e-4, batch_size=8, mini_batch_size=4, micro_batch_size=1, ppo_epochs=2,
                          max_new_tokens=64, max_prompt_length=192, total_steps=32, save_every=8, init_kl_coef=0.1,

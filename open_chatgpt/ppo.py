@@ -361,7 +361,7 @@ def unique_prompts(prompts: Sequence[str]) -> tuple[list[str], torch.Tensor]:
 def native_bf16(device) -> bool:
     "Whether bf16 matmuls are native on `device`: a CUDA GPU that supports bf16, or a CPU with AVX512-BF16 or AMX."
     device = torch.device(device)
-    if device.type == "cuda": return torch.cuda.is_bf16_supported()
+    if device.type == "cuda": return torch.cuda.get_device_capability(device)[0] >= 8   # Ampere on; older GPUs emulate it
     if device.type != "cpu": return False
     probe = [getattr(torch.cpu, f, None) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return any(bool(f()) for f in probe if f is not None)

@@ -72,6 +72,7 @@ def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match=">= 2"): rloo_advantages(torch.ones(4), 1)
     with pytest.raises(ValueError, match="nan"): grpo_advantages(torch.tensor([1., float("nan")]), 2)
     with pytest.raises(ValueError, match="scale_rewards='none'"): GRPOConfig(advantage="rloo").validate()
+    with pytest.raises(ValueError, match="generation_dtype must be one of"): GRPOConfig(generation_dtype="bf16").validate()
     with pytest.raises(ValueError, match="shape"): grpo_per_token_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(3))
 
 

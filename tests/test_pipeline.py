@@ -357,3 +357,24 @@ def test_a_small_sft_file_without_held_out_records_trains_without_an_eval_loss(t
     check_config(cfg)                                              # accepted before any stage runs
     logs = []
     assert sft_eval_data(cfg, log=logs.append) is None and "no SFT eval loss" in logs[0]
+
+
+def test_sampling_precision_keys_the_answers_and_guards_the_evaluation(tmp_path, monkeypatch):
+    """The evaluation's answers are keyed by the precision they are sampled in ('auto' by what it means here; an fp32
+    key is the key of runs from before `generation_dtype`), and an RL stage sampled in another precision than the
+    evaluation would use is refused before any answer is sampled."""
+    from open_chatgpt import pipeline as pl
+    from open_chatgpt.ppo import PPOConfig
+    cfg = PipelineConfig(output_dir=str(tmp_path), **{k: v for k, v in QUICK_RUN.items() if k != "ppo"})
+    keys = {d: pl._answers_key(cfg, "sft", 2, PPOConfig(generation_dtype=d)) for d in ("float32", "bfloat16")}
+    assert keys["float32"] != keys["bfloat16"]
+    for native, want in ((False, "float32"), (True, "bfloat16")):
+        monkeypatch.setattr(pl, "resolve_generation_dtype",
+                            lambda d, device, native=native: ("bfloat16" if native else "float32") if d == "auto" else d)
+        assert pl._answers_key(cfg, "sft", 2, PPOConfig(generation_dtype="auto")) == keys[want]
+    stage = tmp_path / "ppo"; (stage / "policy").mkdir(parents=True)
+    (stage / "curve.jsonl").write_text(json.dumps(dict(step=1)) + "\n")
+    (stage / "stage.json").write_text(json.dumps(dict(settings=dict(ppo=dict(generation_dtype="bfloat16")))))
+    monkeypatch.setattr(pl, "policy_answers", lambda *a, **k: pytest.fail("sampled before the precision check"))
+    with pytest.raises(ValueError, match="sampled its answers in bfloat16, this evaluation would sample in float32"):
+        pl.run_eval(PipelineConfig(output_dir=str(tmp_path), ppo=dict(generation_dtype="float32")))
