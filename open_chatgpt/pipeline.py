@@ -597,6 +597,7 @@ def run_eval(cfg: PipelineConfig, log=print) -> dict:
     if not curve or not (stage / "policy").is_dir(): raise ValueError(f"no finished {cfg.algo} stage in {stage}: run it first")
     gen = make_config(PPOConfig, cfg.ppo, **PPO_DEFAULTS)
     was = ((_stage_info(stage).get("settings") or {}).get("ppo") or {}).get("generation_dtype", "float32")
+    was = resolve_generation_dtype(was, "cpu")                               # (a record of 'auto': what it means here)
     if was != _sampling_dtype(gen):                                          # every policy sampled in one precision
         raise ValueError(f"{stage} sampled its answers in {was}, this evaluation would sample in {_sampling_dtype(gen)}: "
                          f"pass --set ppo.generation_dtype={was} to evaluate it, or delete {stage} to train it again")
