@@ -195,6 +195,7 @@ def test_no_sft_starts_rl_from_the_base_model(tmp_path):
                            text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stdout
     assert "| SFT | none (the base model) |" in table and "| start (the base model, no SFT) |" in table
     assert "QA probe (chapter 7: 99 short factual questions" in table and "PPO vs start +" in table
+    assert ", sampled and trained in fp32; measured on" in table          # the quick run's precision (no generation_dtype)
 
 
 
