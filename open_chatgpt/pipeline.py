@@ -531,6 +531,17 @@ def _sampling_dtype(gen: PPOConfig) -> str:
     "The precision the evaluation samples in on this machine (the pipeline's models sit on the CPU)."
     return resolve_generation_dtype(gen.generation_dtype, "cpu")
 
+def _as_resolved(settings: Optional[dict]) -> Optional[dict]:
+    "Recorded settings whose sampling precision is 'auto' (commit fc011c8 recorded it so) read as what 'auto' means here."
+    if not settings or (settings.get("ppo") or {}).get("generation_dtype") != "auto": return settings
+    return settings | dict(ppo=settings["ppo"] | dict(generation_dtype=resolve_generation_dtype("auto", "cpu")))
+
+def _stage_dtype(d: Path) -> str:
+    "The precision an RL stage sampled in, from its record (runs from before `generation_dtype`: fp32)."
+    s = _as_resolved(_stage_info(d).get("settings")) or {}
+    g = (s.get("ppo") or {}).get("generation_dtype") or (s.get("block") or {}).get("generation_dtype") or "float32"
+    return resolve_generation_dtype(g, "cpu")
+
 def _answers_key(cfg: PipelineConfig, name: str, n: int, gen: PPOConfig) -> str:
     "What a policy's evaluation answers depend on: the policy, prompts, sampling, seed and the judges' training."
     out = Path(cfg.output_dir)
@@ -596,8 +607,7 @@ def run_eval(cfg: PipelineConfig, log=print) -> dict:
     curve = read_curve(stage / "curve.jsonl")
     if not curve or not (stage / "policy").is_dir(): raise ValueError(f"no finished {cfg.algo} stage in {stage}: run it first")
     gen = make_config(PPOConfig, cfg.ppo, **PPO_DEFAULTS)
-    was = ((_stage_info(stage).get("settings") or {}).get("ppo") or {}).get("generation_dtype", "float32")
-    was = resolve_generation_dtype(was, "cpu")                               # (a record of 'auto': what it means here)
+    was = _stage_dtype(stage)
     if was != _sampling_dtype(gen):                                          # every policy sampled in one precision
         raise ValueError(f"{stage} sampled its answers in {was}, this evaluation would sample in {_sampling_dtype(gen)}: "
                          f"pass --set ppo.generation_dtype={was} to evaluate it, or delete {stage} to train it again")
@@ -773,7 +783,7 @@ def _check_unfinished(d: Path, now: dict, resume: bool) -> None:
     if not (resume and (d / "checkpoints" / "last.pt").exists()):                 # the stage starts afresh
         d.mkdir(parents=True, exist_ok=True); atomic_write_text(d / "settings.json", json.dumps(now, indent=2)); return
     if (d / "settings.json").exists():                                          # (a run from before this check: none)
-        changed = changed_settings(json.loads((d / "settings.json").read_text()), now)
+        changed = changed_settings(_as_resolved(json.loads((d / "settings.json").read_text())), now)
         if changed: raise ValueError(f"{d} is an unfinished run that began with other settings ({', '.join(changed)} "
                                      f"changed since; see {d / 'settings.json'}): resume it with those settings (only "
                                      f"{', '.join(RESUMABLE)} may change, not DPO's max_steps), or delete {d} to train "
@@ -803,7 +813,7 @@ def run_pipeline(cfg: PipelineConfig, resume: bool = False, stop_after_steps: Op
     if resume: _check_finished(out, cfg)
     done_before = resume and (out / cfg.algo / "stage.json").exists()
     if done_before:                                   # a finished stage is reused only with the settings it ran with
-        was, now = _stage_info(out / cfg.algo).get("settings"), rl_settings(cfg)
+        was, now = _as_resolved(_stage_info(out / cfg.algo).get("settings")), rl_settings(cfg)
         changed = changed_settings(was, now, free=()) if was is not None else []   # what it recorded (older runs: less)
         more = ("DPO's learning-rate schedule is built from max_steps, so a longer DPO run starts afresh" if cfg.algo == "dpo"
                 else f"to train it for more steps, delete only {out / cfg.algo / 'stage.json'} and --resume")

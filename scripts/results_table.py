@@ -99,13 +99,8 @@ def render(run: Path, name: str, copy_image: bool = True) -> str:
     sft = json.loads((run / "sft" / "stage.json").read_text())
     steps = sft["config"].get("max_steps")
     b = rm.get("baselines") or {}
-    try: rl = json.loads((run / algo / "stage.json").read_text())
-    except (OSError, ValueError): rl = {}
-    dtype = ((rl.get("settings") or {}).get("ppo") or {}).get("generation_dtype", "float32")   # older runs: fp32
-    if dtype == "auto":                                                 # recorded unresolved by commit fc011c8
-        from open_chatgpt.ppo import resolve_generation_dtype
-        dtype = resolve_generation_dtype(dtype, "cpu")
-    sampled = "answers sampled in bf16, trained in fp32" if dtype == "bfloat16" else "sampled and trained in fp32"
+    from open_chatgpt.pipeline import _stage_dtype     # the precision its RL stage sampled in (older runs: fp32)
+    sampled = f"answers sampled in {'bf16' if _stage_dtype(run / algo) == 'bfloat16' else 'fp32'}"
     lines = [f"Policy `{cfg['model'] or 'tiny GPT-2'}`" + (f" + LoRA r={cfg['lora']['r']}" if cfg.get("lora") else "")
              + f", proxy reward model `{cfg['reward_model'] or 'from the SFT model'}`"
              + (f", gold judge `{j['config']['backbone']}`" if j else "") + f", data `{cfg['data']}`, seed {s['seed']}, {sampled}; "

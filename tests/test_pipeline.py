@@ -195,7 +195,7 @@ def test_no_sft_starts_rl_from_the_base_model(tmp_path):
                            text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stdout
     assert "| SFT | none (the base model) |" in table and "| start (the base model, no SFT) |" in table
     assert "QA probe (chapter 7: 99 short factual questions" in table and "PPO vs start +" in table
-    assert ", sampled and trained in fp32; measured on" in table          # the quick run's precision (no generation_dtype)
+    assert ", answers sampled in fp32; measured on" in table              # the quick run's precision (the default)
 
 
 
@@ -376,6 +376,18 @@ def test_sampling_precision_keys_the_answers_and_guards_the_evaluation(tmp_path,
     stage = tmp_path / "ppo"; (stage / "policy").mkdir(parents=True)
     (stage / "curve.jsonl").write_text(json.dumps(dict(step=1)) + "\n")
     (stage / "stage.json").write_text(json.dumps(dict(settings=dict(ppo=dict(generation_dtype="bfloat16")))))
-    monkeypatch.setattr(pl, "policy_answers", lambda *a, **k: pytest.fail("sampled before the precision check"))
+    class Sampled(Exception): pass
+    def sampled(*a, **k): raise Sampled
+    monkeypatch.setattr(pl, "policy_answers", sampled)
     with pytest.raises(ValueError, match="sampled its answers in bfloat16, this evaluation would sample in float32"):
-        pl.run_eval(PipelineConfig(output_dir=str(tmp_path), ppo=dict(generation_dtype="float32")))
+        pl.run_eval(PipelineConfig(output_dir=str(tmp_path), ppo=dict(generation_dtype="float32")))   # refused first
+    with pytest.raises(Sampled):                                        # the same precision: the evaluation goes on
+        pl.run_eval(PipelineConfig(output_dir=str(tmp_path), ppo=dict(generation_dtype="bfloat16")))
+    (stage / "stage.json").write_text(json.dumps(dict(settings=dict(ppo=dict(generation_dtype="auto")))))  # as fc011c8 wrote
+    with pytest.raises(Sampled):                                        # 'auto' on a bf16 machine (patched): bf16
+        pl.run_eval(PipelineConfig(output_dir=str(tmp_path), ppo=dict(generation_dtype="bfloat16")))
+    (stage / "stage.json").write_text(json.dumps(dict(settings=dict(ppo=dict(learning_rate=1.0)))))  # before the field
+    with pytest.raises(ValueError, match="sampled its answers in float32, this evaluation would sample in bfloat16"):
+        pl.run_eval(PipelineConfig(output_dir=str(tmp_path), ppo=dict(generation_dtype="bfloat16")))
+    old = dict(ppo=dict(generation_dtype="auto", learning_rate=1.0))    # a resume compares a recorded 'auto' as resolved
+    assert pl.changed_settings(pl._as_resolved(old), dict(ppo=dict(generation_dtype="bfloat16", learning_rate=1.0))) == []
