@@ -871,7 +871,7 @@ REAL_RUN = dict(model="smollm2-135m-instruct", reward_model="minilm-l6", reward_
                 # CPU a 2-epoch ppo_step took 25.4 s instead of 31.7 s, and the benchmark's step peaked at 0.62x the
                 # memory: chapter 6)
                 # generation_dtype="auto": rollouts and evaluation answers sampled under bf16 autocast on CPUs with
-                # native bf16 (AVX512-BF16, AMX: a rollout in 0.53 of the fp32 CPU time on an AMD EPYC), fp32 elsewhere;
+                # native bf16 (AVX512-BF16, AMX: a rollout in 0.54 of the fp32 CPU time on an AMD EPYC), fp32 elsewhere;
                 # the update, its old log-probs and the reference stay fp32 (chapter 6, *Sampling in bf16*)
                 ppo=dict(learning_rate=2e-4, batch_size=8, mini_batch_size=4, micro_batch_size=1, ppo_epochs=2,
                          max_new_tokens=64, max_prompt_length=192, total_steps=32, save_every=8, init_kl_coef=0.1,
