@@ -48,7 +48,8 @@ def plot(runs: dict, path: Path, title: str) -> None:
         ax.axhline(0, color="gray", lw=0.5); ax.set_xlabel(r"$\sqrt{\mathrm{KL}}$ to the SFT policy"); ax.set_ylabel(f"{key} - SFT")
         ax.set_title(f"{key} reward model"); ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=9); fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True); fig.savefig(path, dpi=110); plt.close(fig)
+    from open_chatgpt.plumbing import save_figure        # stamped with the machine, as the table's header names it
+    path.parent.mkdir(parents=True, exist_ok=True); save_figure(fig, path, dpi=110); plt.close(fig)
 
 
 def qa_cell(s: dict) -> str:
