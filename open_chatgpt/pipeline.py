@@ -877,7 +877,7 @@ REAL_RUN = dict(model="smollm2-135m-instruct", reward_model="minilm-l6", reward_
                          max_new_tokens=64, max_prompt_length=192, total_steps=32, save_every=8, init_kl_coef=0.1,
                          target=2.0, horizon=200, shared_backbone=True, vf_coef=0.1, generation_dtype="auto"),
                 # 8 sampled answers per step as PPO (2 prompts x 4), the same LoRA learning rate and checkpoints; but 16
-                # steps, half PPO's 32 and half its sampled answers (7 min of steps here, near issue #15's 10 minutes);
+                # steps, half PPO's 32 and half its sampled answers (7.3 min of steps in fp32 on a shared CPU, 2.5 with bf16 sampling on 2026-11-28's);
                 # micro_batch_size=1 as PPO's: the same gradient, an update in 15-20% less time here (bench/grpo-micro-batch.md)
                 grpo=dict(learning_rate=2e-4, batch_size=2, num_generations=4, mini_batch_size=4, micro_batch_size=1,
                           total_steps=16, save_every=8, beta=0.04),
