@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .plumbing import (append_metrics, atomic_save, atomic_write_text, context_length, open_run,
                                    read_metrics, rng_state, seed_everything, set_rng_state, write_csv)
-from .ppo import (GENERATION_DTYPES, check_checkpointing, checkpointing, forward_in_order, forward_logprobs_values,
+from .ppo import (check_checkpointing, check_generation_dtype, checkpointing, forward_in_order, forward_logprobs_values,
                               make_ppo_models, plot_reward_kl, prompt_batch, reused_rows, rollout, score)
 from .ppo_core import MAX_LOG_RATIO, _as_mask, _check_same_shape, _require_tokens, kl_penalty, masked_mean
 
@@ -199,8 +199,7 @@ def _check_grpo_config(c: GRPOConfig, context_length: Optional[int] = None) -> N
     if c.num_generations < 2: raise ValueError(f"num_generations must be >= 2, got {c.num_generations}")
     if min(c.batch_size, c.mini_batch_size, c.num_iterations, c.max_new_tokens) < 1:
         raise ValueError("batch_size, mini_batch_size, num_iterations and max_new_tokens must be >= 1")
-    if c.generation_dtype not in GENERATION_DTYPES:
-        raise ValueError(f"generation_dtype must be one of {GENERATION_DTYPES}, got {c.generation_dtype!r}")
+    check_generation_dtype(c.generation_dtype)
     if c.completions_per_step % c.mini_batch_size:
         raise ValueError(f"batch_size * num_generations ({c.completions_per_step}) must be a multiple of "
                          f"mini_batch_size ({c.mini_batch_size})")

@@ -538,7 +538,7 @@ def _as_resolved(settings: Optional[dict]) -> Optional[dict]:
 
 def _stage_dtype(d: Path) -> str:
     "The precision an RL stage sampled in, from its record (runs from before `generation_dtype`: fp32)."
-    s = _as_resolved(_stage_info(d).get("settings")) or {}
+    s = _stage_info(d).get("settings") or {}                                # (a recorded 'auto' is resolved below)
     g = (s.get("ppo") or {}).get("generation_dtype") or (s.get("block") or {}).get("generation_dtype") or "float32"
     return resolve_generation_dtype(g, "cpu")
 
@@ -607,9 +607,9 @@ def run_eval(cfg: PipelineConfig, log=print) -> dict:
     curve = read_curve(stage / "curve.jsonl")
     if not curve or not (stage / "policy").is_dir(): raise ValueError(f"no finished {cfg.algo} stage in {stage}: run it first")
     gen = make_config(PPOConfig, cfg.ppo, **PPO_DEFAULTS)
-    was = _stage_dtype(stage)
-    if was != _sampling_dtype(gen):                                          # every policy sampled in one precision
-        raise ValueError(f"{stage} sampled its answers in {was}, this evaluation would sample in {_sampling_dtype(gen)}: "
+    was, now = _stage_dtype(stage), _sampling_dtype(gen)
+    if was != now:                                                           # every policy sampled in one precision
+        raise ValueError(f"{stage} sampled its answers in {was}, this evaluation would sample in {now}: "
                          f"pass --set ppo.generation_dtype={was} to evaluate it, or delete {stage} to train it again")
     ans = policy_answers(cfg, log)
     final = _answers_at(stage, curve[-1]["step"])

@@ -233,12 +233,8 @@ def test_micro_batches_give_the_minibatch_gradient(family, lora):
     for k in s0: torch.testing.assert_close(s0[k], s1[k], atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("lora", [False, True])
-def test_sampler_logprobs_equal_a_forward_pass(family, lora):
-    """`rollout(..., return_logprobs=True)`: each sampled token's log-prob as the sampler computed it equals the
-    forward pass's (`forward_logprobs_values`) on the same sequences, for every family, full or LoRA (adapters trained:
-    B non-zero), with left padding, a shared prefill (groups), temperature and top-k; 0 past each response's end."""
+def sampler_model(family, lora):
+    "A tiny model of `family` in eval mode, with a LoRA adapter that changes its outputs (B non-zero) if `lora`."
     torch.manual_seed(0)
     model = tiny_model(family, TOK).eval()
     if lora:
@@ -246,6 +242,16 @@ def test_sampler_logprobs_equal_a_forward_pass(family, lora):
         with torch.no_grad():
             for n, p in model.named_parameters():
                 if "lora_B" in n: p.normal_(0, 0.5)                      # an adapter that changes the outputs
+    return model
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("lora", [False, True])
+def test_sampler_logprobs_equal_a_forward_pass(family, lora):
+    """`rollout(..., return_logprobs=True)`: each sampled token's log-prob as the sampler computed it equals the
+    forward pass's (`forward_logprobs_values`) on the same sequences, for every family, full or LoRA (adapters trained:
+    B non-zero), with left padding, a shared prefill (groups), temperature and top-k; 0 past each response's end."""
+    model = sampler_model(family, lora)
     c = PPOConfig(max_new_tokens=10, max_prompt_length=40, temperature=0.7, top_k=30)
     prompts = [PROMPTS[0]] * 3 + sorted(PROMPTS, key=len)[:2] + [PROMPTS[5]] * 2
     head = (model.get_base_model() if lora else model).get_output_embeddings()
@@ -278,13 +284,7 @@ def test_bf16_generation_samples_in_bf16_and_keeps_its_own_logprobs(family, lora
     from transformers.pytorch_utils import Conv1D
     from open_chatgpt.evaluation import answer_kl
     from open_chatgpt.ppo import generation_autocast
-    torch.manual_seed(0)
-    model = tiny_model(family, TOK).eval()
-    if lora:
-        model = add_lora(model, dict(r=4, lora_alpha=8, lora_dropout=0.0)).eval()
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if "lora_B" in n: p.normal_(0, 0.5)
+    model = sampler_model(family, lora)
     weights = {n: p.detach().clone() for n, p in model.named_parameters()}
     flags = [p.requires_grad for p in model.parameters()]
     dtypes, marked, matmuls = [], [], (torch.nn.Linear, Conv1D)        # GPT-2's blocks are Conv1D
