@@ -292,7 +292,8 @@ def _our_ppo_config(a):
     "Our PPOConfig (no TRL import: the real mode's `ours` worker process never loads TRL)."
     from open_chatgpt.ppo import PPOConfig
     return PPOConfig(**_ppo_common(a), max_new_tokens=a.max_new_tokens, max_prompt_length=a.max_prompt_length, top_k=0,
-                     top_p=1.0, temperature=1.0, shared_backbone=True, seed=0, micro_batch_size=a.ppo_micro_batch_size)
+                     top_p=1.0, temperature=1.0, shared_backbone=True, seed=0, micro_batch_size=a.ppo_micro_batch_size,
+                     sampler="multinomial")   # HF generate's draws: from the same seed, answers of TRL's lengths
 
 def _ppo_configs(a, tok):
     import trl

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .plumbing import (append_metrics, atomic_save, atomic_write_text, context_length, open_run,
                                    read_metrics, rng_state, seed_everything, set_rng_state, write_csv)
-from .ppo import (check_checkpointing, check_generation_dtype, checkpointing, forward_in_order, forward_logprobs_values,
+from .ppo import (check_checkpointing, check_generation_dtype, check_sampler, checkpointing, forward_in_order, forward_logprobs_values,
                               make_ppo_models, plot_reward_kl, prompt_batch, reused_rows, rollout, score)
 from .ppo_core import MAX_LOG_RATIO, _as_mask, _check_same_shape, _require_tokens, kl_penalty, masked_mean
 
@@ -175,6 +175,7 @@ class GRPOConfig:
     max_new_tokens: int = 32              # response length cap; also L of dr_grpo (TRL: max_completion_length)
     max_prompt_length: int = 128          # prompt tokens kept (cut from the left)
     generation_dtype: str = "float32"     # the sampler's matmuls: 'float32', 'bfloat16' or 'auto' (chapter 6's rollout)
+    sampler: str = "inverse_cdf"          # how a token is drawn: 'inverse_cdf' or 'multinomial' (chapter 6's sample_next)
     missing_eos_penalty: Optional[float] = 1.0   # subtracted from the reward of responses that never end (None: off)
     seed: int = 0                         # seeds torch, numpy, random and the prompt order
     total_steps: int = 100                # GRPO steps
@@ -199,7 +200,7 @@ def _check_grpo_config(c: GRPOConfig, context_length: Optional[int] = None) -> N
     if c.num_generations < 2: raise ValueError(f"num_generations must be >= 2, got {c.num_generations}")
     if min(c.batch_size, c.mini_batch_size, c.num_iterations, c.max_new_tokens) < 1:
         raise ValueError("batch_size, mini_batch_size, num_iterations and max_new_tokens must be >= 1")
-    check_generation_dtype(c.generation_dtype)
+    check_generation_dtype(c.generation_dtype); check_sampler(c.sampler)
     if c.completions_per_step % c.mini_batch_size:
         raise ValueError(f"batch_size * num_generations ({c.completions_per_step}) must be a multiple of "
                          f"mini_batch_size ({c.mini_batch_size})")

@@ -166,7 +166,8 @@ def _plot_curve(rows: list[dict], keys, path: Path, title: str) -> None:
     fig.tight_layout()
     save_figure(fig, path); plt.close(fig)
 
-SAMPLING = ("max_new_tokens", "max_prompt_length", "temperature", "top_k", "top_p", "missing_eos_penalty", "generation_dtype")
+SAMPLING = ("max_new_tokens", "max_prompt_length", "temperature", "top_k", "top_p", "missing_eos_penalty", "generation_dtype",
+            "sampler")
 
 def resolved(config: object) -> dict:
     "A stage's whole config (defaults filled in, as it trains) without its output_dir: what --resume compares."
@@ -237,7 +238,7 @@ def history_rows(history) -> list[dict]:
 # %% ../nbs/10_pipeline.ipynb #266fc322
 def run_sft(cfg: PipelineConfig, log=print) -> Path:
     "Stage 1: fine-tune the base policy on demonstrations; write `output_dir/sft` (model, metrics.jsonl, loss.png)."
-    from open_chatgpt.sft import SFTConfig, add_lora, load_policy, tiny_policy, train_sft
+    from open_chatgpt.sft import SFTConfig, add_lora, load_policy, resolve_precision, tiny_policy, train_sft
     out, tok = Path(cfg.output_dir), run_tokenizer(cfg)
     torch.manual_seed(cfg.seed)
     policy = load_policy(cfg.model, tokenizer=tok) if cfg.model else tiny_policy(tok, seed=cfg.seed, **cfg.tiny)
@@ -258,7 +259,9 @@ def run_sft(cfg: PipelineConfig, log=print) -> Path:
         _save_model(policy, tok, d)
         write_jsonl(history, d / "metrics.jsonl")
         _plot_curve(history, [k for k in ("train_loss", "eval_loss") if any(k in r for r in history)], d / "loss.png", "SFT loss")
-        _stage_json(d, "sft", t0, config=asdict(sft_cfg), settings=stage_settings(cfg, "sft"))
+        amp = resolve_precision(sft_cfg, torch.device(sft_cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")))
+        _stage_json(d, "sft", t0, config=asdict(sft_cfg), settings=stage_settings(cfg, "sft"),
+                    precision=str(amp or torch.float32).replace("torch.", ""))   # what the steps ran in on this machine
     log(f"[sft] done in {time.perf_counter() - t0:.0f}s -> {out / 'sft'}")
     return out / "sft"
 
@@ -441,7 +444,7 @@ def grpo_config(cfg: PipelineConfig):
     return make_config(GRPOConfig, cfg.grpo, **{**GRPO_DEFAULTS, **algo_defaults, "max_new_tokens": gen.max_new_tokens,
                        "max_prompt_length": gen.max_prompt_length, "temperature": gen.temperature,
                        "top_k": gen.top_k, "top_p": gen.top_p, "generation_dtype": gen.generation_dtype,
-                       "missing_eos_penalty": gen.missing_eos_penalty, "seed": cfg.seed,
+                       "sampler": gen.sampler, "missing_eos_penalty": gen.missing_eos_penalty, "seed": cfg.seed,
                        "output_dir": str(Path(cfg.output_dir) / cfg.algo)})
 
 def run_grpo(cfg: PipelineConfig, resume: bool = False, stop_after_steps: Optional[int] = None, log=print) -> dict:
@@ -549,6 +552,7 @@ def _answers_key(cfg: PipelineConfig, name: str, n: int, gen: PPOConfig) -> str:
              {k: getattr(gen, k) for k in ("max_new_tokens", "max_prompt_length", "temperature", "top_k", "top_p")},
              _stage_info(out / "reward"), cfg.judge]
     if _sampling_dtype(gen) != "float32": parts.append(_sampling_dtype(gen))   # (fp32 keys stay those of older runs)
+    if gen.sampler != "multinomial": parts.append(gen.sampler)                  # (as do the keys of multinomial draws)
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 def _load_answers(d: Path, name: str, key: str) -> Optional[dict]:
@@ -865,7 +869,10 @@ REAL_RUN = dict(model="smollm2-135m-instruct", reward_model="minilm-l6", reward_
                 lora=dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "o_proj"]),
                 # 16 LoRA SFT steps: PPO from the SFT model reached a higher gold score than PPO from the untouched
                 # instruct model ("The real run" below); --set sft.max_steps=0 starts RL from the instruct model
-                sft=dict(learning_rate=2e-4, max_steps=16, batch_size=8, max_length=256, eval_every=0, eval_size=64),
+                # cpu_bf16: the SFT steps under bf16 autocast on CPUs with native bf16, float32 on others (on an AMD EPYC
+                # with AVX512-BF16 the 16 steps took 91 s instead of 186, to the same held-out loss: bench/cpu-bf16-sft.md)
+                sft=dict(learning_rate=2e-4, max_steps=16, batch_size=8, max_length=256, eval_every=0, eval_size=64,
+                         cpu_bf16=True),
                 reward=dict(linear_probe=True, probe_C=3e-4, epochs=0, max_length=128, eval_every=0),
                 # micro_batch_size=1: the update's passes one rollout at a time, no padding (the same gradient; on this
                 # CPU a 2-epoch ppo_step took 25.4 s instead of 31.7 s, and the benchmark's step peaked at 0.62x the

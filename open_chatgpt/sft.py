@@ -6,10 +6,11 @@
 __all__ = ['IGNORE_INDEX', 'MODEL_FILES', 'TOKENIZER_FILES', 'CKPT_PREFIX', 'STATE_FILE', 'DEEPSPEED_ZERO2', 'sft_loss',
            'response_tokens', 'tiny_policy', 'n_params', 'check_causal_lm', 'LoraSettings', 'add_lora', 'load_policy',
            'save_policy', 'generate', 'check_sft_data', 'evaluate_sft', 'rouge', 'SFTConfig', 'lr_factor', 'filter_sft',
-           'sft_datasets', 'micro_batch_indices', 'step_batches', 'resolve_precision', 'accumulate_gradients',
-           'make_optimizer', 'make_scheduler', 'optimizer_step', 'new_history', 'log_row', 'train_sft', 'plot_history',
-           'latest_checkpoint', 'save_checkpoint', 'load_checkpoint', 'resume_training', 'switch_checkpointing',
-           'set_gradient_checkpointing', 'is_checkpointing', 'sft_training_args', 'train_sft_trainer']
+           'sft_datasets', 'micro_batch_indices', 'step_batches', 'native_bf16', 'resolve_precision',
+           'accumulate_gradients', 'make_optimizer', 'make_scheduler', 'optimizer_step', 'new_history', 'log_row',
+           'train_sft', 'plot_history', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint', 'resume_training',
+           'switch_checkpointing', 'set_gradient_checkpointing', 'is_checkpointing', 'sft_training_args',
+           'train_sft_trainer']
 
 # %% ../nbs/03_sft.ipynb #30d7cd78
 import copy
@@ -209,7 +210,8 @@ def check_sft_data(ds, name: str = "train_ds") -> None:
                                  "Demonstrations need 'prompt' and 'response' (see open_chatgpt.data.load_sft)")
 
 @torch.no_grad()
-def evaluate_sft(model, tokenizer, ds, max_length: int = 256, batch_size: int = 16) -> dict:
+def evaluate_sft(model, tokenizer, ds, max_length: int = 256, batch_size: int = 16,
+                 amp: Optional[torch.dtype] = None) -> dict:   # amp: an autocast dtype (train_sft passes its own)
     "Mean response-token loss of `model` on `ds` and its perplexity."
     check_causal_lm(model); check_sft_data(ds, "eval data set")
     collate, device = SFTCollator(prepare_tokenizer(tokenizer), max_length), _device(model)   # EOS = end of turn, as in training
@@ -218,7 +220,8 @@ def evaluate_sft(model, tokenizer, ds, max_length: int = 256, batch_size: int = 
     try:
         for i in range(0, len(ds), batch_size):
             b = collate([ds[j] for j in range(i, min(i + batch_size, len(ds)))])
-            logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
             total += sft_loss(logits, b["labels"].to(device), "sum").item(); n += response_tokens(b["labels"])
     finally: model.train(was_training)
     loss = total / n
@@ -258,6 +261,7 @@ class SFTConfig:
     seed: int = 0                        # data order and dropout
     bf16: Optional[bool] = None          # bfloat16 autocast; None = auto (on a CUDA GPU that supports it)
     fp16: Optional[bool] = None          # float16 autocast + loss scaling; None = auto (CUDA without bf16)
+    cpu_bf16: bool = False               # bfloat16 autocast on a CPU with native bf16 (AVX512-BF16, AMX); float32 on others
     gradient_checkpointing: bool = False # recompute activations in the backward pass: less memory, ~30% slower
     deepspeed: Optional[Union[str, dict]] = None  # DeepSpeed config (file or dict); Trainer path only
     device: Optional[str] = None         # None = cuda when available, else cpu
@@ -342,11 +346,22 @@ def _resolve_device(config: SFTConfig, model) -> torch.device:
     if config.device: return torch.device(config.device)
     return torch.device("cuda") if torch.cuda.is_available() else _device(model)
 
+def native_bf16(device) -> bool:
+    "Whether bf16 matmuls are native on `device`: a CUDA GPU that supports bf16, or a CPU with AVX512-BF16 or AMX."
+    device = torch.device(device)
+    if device.type == "cuda": return torch.cuda.get_device_capability(device)[0] >= 8   # Ampere on; older GPUs emulate it
+    if device.type != "cpu": return False
+    probe = [getattr(torch.cpu, f, None) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(f()) for f in probe if f is not None)
+
 def resolve_precision(config: SFTConfig, device: torch.device) -> Optional[torch.dtype]:
     "The autocast dtype for `config` on `device`: bfloat16, float16 or None (float32)."
     cuda = device.type == "cuda"
     bf16_ok = cuda and torch.cuda.is_bf16_supported()
-    if config.bf16 and not bf16_ok: raise ValueError("bf16=True needs a CUDA GPU with bfloat16 support; use bf16=None (auto)")
+    if not cuda and config.cpu_bf16 and native_bf16(device) and not config.fp16: return torch.bfloat16   # Appendix B
+    if config.bf16 and not bf16_ok:
+        raise ValueError("bf16=True needs a CUDA GPU with bfloat16 support; use bf16=None (auto), or on a CPU "
+                         "cpu_bf16=True (bfloat16 where the CPU has it natively, float32 elsewhere)")
     if config.fp16 and not cuda: raise ValueError("fp16=True needs a CUDA GPU; on a CPU leave fp16=None (float32)")
     if config.bf16 or (config.bf16 is None and bf16_ok and not config.fp16): return torch.bfloat16
     if config.fp16 or (config.fp16 is None and cuda and not bf16_ok): return torch.float16
@@ -421,7 +436,7 @@ def train_sft(model, tokenizer, train_ds, eval_ds=None, config: Optional[SFTConf
     history, window, step = new_history(), [0.0, 0, 0, 0.0], 0
     torch.manual_seed(config.seed)
     if resume_from is not None: step, history, window = resume_training(resume_from, model, optimizer, scheduler, scaler, config)
-    evaluate = lambda: evaluate_sft(model, tokenizer, eval_ds, config.max_length, config.batch_size)["loss"]
+    evaluate = lambda: evaluate_sft(model, tokenizer, eval_ds, config.max_length, config.batch_size, amp)["loss"]
     if step == 0 and eval_ds is not None: log_row(history, window, 0, scheduler.get_last_lr()[0], evaluate())
     out_dir, end = Path(config.output_dir) if config.output_dir else None, min(total, stop_after or total)
     stale = sorted(out_dir.glob(CKPT_PREFIX + "*")) if out_dir and resume_from is None else []

@@ -4,8 +4,10 @@ RLOO at one learning rate, once per seed; prints each variant's held-out VADER r
 
     python scripts/grpo_seeds.py 2e-3 30 0 1 2 3 4 5     # learning rate, steps, seeds (about 40 s per seed here)
 
-Measured 2026-11-27 on the course's 2-core CPU (gains over SFT, seeds 0-5): at 2e-3 GRPO +0.23 to +0.82, Dr. GRPO
-+0.01 to +0.18, RLOO +0.09 to +0.14; at 6e-3 GRPO +0.66 to +0.88, Dr. GRPO +0.01 to +0.70, RLOO +0.29 to +0.70.
+Measured on the course's 2-core CPU (gains over SFT, seeds 0-5): on 2026-11-28 (tokens drawn by inverse CDF, the
+default since then) at 2e-3 GRPO +0.07 to +0.51, Dr. GRPO -0.03 to +0.73, RLOO -0.02 to +0.12; on 2026-11-27 (drawn with
+torch.multinomial) at 2e-3 GRPO +0.23 to +0.82, Dr. GRPO +0.01 to +0.18, RLOO +0.09 to +0.14, and at 6e-3 GRPO +0.66
+to +0.88, Dr. GRPO +0.01 to +0.70, RLOO +0.29 to +0.70.
 """
 import sys
 import tempfile

@@ -302,3 +302,49 @@ def test_sample_tokens_greedy_equals_generate(family, use_lora):
     b_, mb, eb = truncate_after_eos(hf, TOK.eos_token_id, TOK.pad_token_id)
     assert len(set(ma.sum(1).tolist())) > 1, "the check needs rows that end at different steps"
     assert torch.equal(a, b_) and torch.equal(ma, mb), f"{family}{' + LoRA' if use_lora else ''}: {a} vs {b_}"
+
+
+# ---- the two samplers: 'multinomial' draws HF generate's tokens from a seed; 'inverse_cdf' the same distribution ----
+def _sampled(model, sampler, seed, n_new=10):
+    from open_chatgpt.data import PromptCollator
+    from open_chatgpt.ppo import sample_tokens
+    b = PromptCollator(TOK, 48)([{"prompt": p} for p in PROMPTS])
+    torch.manual_seed(seed)
+    return sample_tokens(model, b["input_ids"], b["attention_mask"], n_new, TOK.eos_token_id, TOK.pad_token_id,
+                         sampler=sampler), b
+
+
+def test_multinomial_sampler_draws_generates_tokens():
+    "With sampler='multinomial' the same seed draws HF generate's tokens, up to the first step any row ends."
+    model = family_model("gpt2", dropout=0.0)
+    ours, b = _sampled(model, "multinomial", seed=3)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        hf = model.generate(input_ids=b["input_ids"], attention_mask=b["attention_mask"], max_new_tokens=10,
+                            min_new_tokens=1, do_sample=True, top_k=0, top_p=1.0, temperature=1.0,
+                            pad_token_id=TOK.pad_token_id, eos_token_id=TOK.eos_token_id)[:, b["input_ids"].shape[1]:]
+    ended = (ours == TOK.eos_token_id).any(0).nonzero()
+    upto = int(ended[0]) + 1 if len(ended) else ours.shape[1]        # the random streams part after a row ends
+    assert upto >= 3, "the check needs a few steps before any row ends"
+    assert torch.equal(ours[:, :upto], hf[:, :upto])
+    other, _ = _sampled(model, "inverse_cdf", seed=3)                  # the default draws other tokens from the seed
+    assert not torch.equal(other[:, :upto], ours[:, :upto])
+
+
+def test_samplers_same_first_token_distribution():
+    "Over many seeds the first sampled token has the same distribution under both samplers (the model's softmax)."
+    from open_chatgpt.data import PromptCollator
+    model = family_model("gpt2", dropout=0.0)
+    bias = torch.zeros(len(TOK)); bias[[10, 200, 3000]] = torch.tensor([9.0, 8.5, 8.0])   # a peaked distribution
+    def peak(module, args, out): out.logits.add_(bias)                  # (in place: the hook returns None)
+    model.register_forward_hook(peak)
+    b = PromptCollator(TOK, 48)([{"prompt": PROMPTS[0]}])
+    with torch.no_grad():
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[0, -1]
+    logits[TOK.eos_token_id] = -float("inf")                          # barred on the first step (min_new_tokens=1)
+    p = logits.softmax(-1)[[10, 200, 3000]]
+    assert 0.1 < p.min() and p.sum() < 0.95, p                        # three likely words, and a tail
+    for sampler in ("inverse_cdf", "multinomial"):
+        firsts = torch.cat([_sampled(model, sampler, seed=s, n_new=1)[0][:1, 0] for s in range(500)])
+        freq = torch.stack([(firsts == t).float().mean() for t in (10, 200, 3000)])
+        assert torch.allclose(freq, p, atol=0.07), (sampler, freq, p)  # 3.5 standard errors at 500 draws

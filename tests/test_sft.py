@@ -258,3 +258,22 @@ def test_load_policy_dtype_and_new_tokens(tmp_path):
     tok = get_tokenizer(); tok.add_special_tokens({"additional_special_tokens": ["<|user|>"]})
     m = load_policy(str(tmp_path), tokenizer=tok)
     assert m.get_input_embeddings().weight.shape[0] == len(tok) == len(TOK) + 1  # resized for the new token
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_bf16_runs_steps_and_evaluation_in_bf16_only_where_native(monkeypatch, native):
+    "cpu_bf16=True: every training and evaluation forward in bf16 where the CPU has it natively, float32 elsewhere;"
+    " the weights still train (fp32 master weights) and the default never autocasts."
+    import open_chatgpt.sft as sft_mod
+    monkeypatch.setattr(sft_mod, "native_bf16", lambda device: native)
+    ds, ev = fitting(8), fitting(4, ds=TEST)
+    for cpu_bf16 in (False, True):
+        m, seen = tiny_policy(TOK, **TINY), []
+        m.register_forward_hook(lambda mod, args, out: seen.append(out.logits.dtype))
+        before = [p.detach().clone() for p in m.parameters()]
+        train_sft(m, TOK, ds, ev, SFTConfig(max_steps=2, batch_size=4, max_length=64, eval_every=0, cpu_bf16=cpu_bf16),
+                  progress=False)
+        want = torch.bfloat16 if cpu_bf16 and native else torch.float32
+        assert seen and set(seen) == {want}, (cpu_bf16, native, set(seen))    # steps and both evaluations
+        assert all(p.dtype == torch.float32 for p in m.parameters())
+        assert all(not torch.equal(a, p) for a, p in zip(before, m.parameters()) if p.requires_grad)
