@@ -57,7 +57,7 @@ print(f"\nLoss per step, float32 / bf16: " + "; ".join(f"{a:.4f} / {b:.4f}" for 
 print(f"\nEach step's wall seconds: " + "; ".join(f"{p}: {', '.join(f'{x:.2f}' for x in rows[p]['wall'])}" for p in rows) + ".")
 
 # Part 2: the real run's whole SFT (REAL_RUN["sft"]: 16 steps) in each precision from the same weights and data
-# order, then the held-out loss of both results in float32 on the same 64 test demonstrations (what the run reports).
+# order, then the held-out loss of both results in float32 on the same 64 test demonstrations.
 from open_chatgpt.sft import evaluate_sft, train_sft
 test = load_sft("sample", "test").select(range(64))
 loss = {}

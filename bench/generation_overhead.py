@@ -44,7 +44,7 @@ def ours_variant(model, query, query_mask, max_new_tokens, eos_token_id, pad_tok
     pos, with_pos = position_ids_from_mask(query_mask)[:, -1], accepts_position_ids(model)
     for t in range(max_new_tokens):
         if t < 1: logits[:, eos_token_id] = -math.inf
-        tok = sample_next(logits)
+        tok = sample_next(logits, sampler="multinomial")   # HF generate's draw, as the comparison needs
         out[rows, t] = tok
         live = tok != eos_token_id
         if one_sync:
@@ -109,7 +109,7 @@ def main():
     sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
     hf = dict(input_ids=q, attention_mask=qm, min_new_tokens=1, do_sample=True, top_k=0, top_p=1.0, temperature=1.0,
               pad_token_id=2, eos_token_id=2)
-    fns = {"ours (sample_tokens)": lambda n=N: sample_tokens(m, q, qm, n, eos_token_id=2, pad_token_id=2),
+    fns = {"ours (sample_tokens)": lambda n=N: sample_tokens(m, q, qm, n, eos_token_id=2, pad_token_id=2, sampler="multinomial"),
            "HF generate": lambda n=N: m.generate(max_new_tokens=n, **hf)}
     if a.variants:
         fns["ours, one sync per token"] = lambda n=N: ours_variant(m, q, qm, n, 2, 2, one_sync=True)

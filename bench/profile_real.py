@@ -365,8 +365,9 @@ def generation_ab(s, repeats: int = 2) -> str:
         return pol.generate(input_ids=q, attention_mask=m, do_sample=True, top_k=0, top_p=1.0, temperature=1.0,
                             max_new_tokens=cfg.max_new_tokens, min_new_tokens=1, pad_token_id=tok.pad_token_id,
                             eos_token_id=tok.eos_token_id, **kw)
-    variants = {"sample_tokens (current)": lambda: P.sample_tokens(pol, q, m, *args),
-                "sample_tokens, 1-logit prefill": lambda: _prefill_one_logit(P.sample_tokens)(pol, q, m, *args),
+    hfdraw = dict(sampler="multinomial")              # HF generate's draws (chapter 6), so both sample the same tokens
+    variants = {"sample_tokens (current)": lambda: P.sample_tokens(pol, q, m, *args, **hfdraw),
+                "sample_tokens, 1-logit prefill": lambda: _prefill_one_logit(P.sample_tokens)(pol, q, m, *args, **hfdraw),
                 "HF generate, dynamic cache": lambda: hf("dynamic"),
                 "HF generate, static cache": lambda: hf("static")}
     res = {k: [] for k in variants}

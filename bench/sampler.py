@@ -6,7 +6,7 @@ samplers in alternating order from the same seed: a PPO rollout (8 training prom
 best-of-n evaluation samples it (`sample_answers`, 2 held-out prompts x 16 answers). Both samplers draw from the same
 distribution, so answer lengths differ only by chance; the table gives seconds per answer token too.
 
-    .venv/bin/python bench/sampler.py > bench/sampler.md     # about 5 minutes here
+    .venv/bin/python bench/sampler.py > bench/sampler.md     # about 4 minutes here
 """
 import os, statistics, sys, time
 import torch
@@ -17,7 +17,7 @@ from open_chatgpt.plumbing import machine_name
 from open_chatgpt.ppo import PPOConfig, resolve_generation_dtype, rollout
 from open_chatgpt.sft import load_policy
 
-REPEATS = int(sys.argv[1]) if len(sys.argv) > 1 else 4
+REPEATS = int(sys.argv[1]) if len(sys.argv) > 1 else 6
 load0 = os.getloadavg()[0]
 tok = get_tokenizer("smollm2-135m-instruct")
 policy = load_policy("smollm2-135m-instruct", tokenizer=tok).eval()

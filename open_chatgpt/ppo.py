@@ -311,8 +311,11 @@ def inverse_cdf_sample(probs: torch.Tensor, block: int = 1024) -> torch.Tensor: 
     "One index per row of `probs` (batch, vocab): the first whose cumulative probability exceeds a uniform draw."
     B, V = probs.shape
     n = -(-V // block)                                                          # blocks of `block` words
-    blocks = nn.functional.pad(probs, (0, n * block - V)).view(B, n, block)     # (batch, n, block) zeros after the vocab
+    blocks = nn.functional.pad(probs, (0, n * block - V)).reshape(B, n, block)  # (batch, n, block) zeros after the vocab
     cdf = blocks.sum(-1, dtype=torch.float64).cumsum(-1)                        # (batch, n) the blocks' cumulative mass
+    if B and not bool(torch.isfinite(cdf[:, -1]).all() & (cdf[:, -1] > 0).all() & (probs >= 0).all()):   # one sync
+        raise ValueError("inverse_cdf_sample: every row of probs needs finite, non-negative entries with a positive sum "
+                         "(NaN or inf logits? a diverged update, or a temperature of 0)")
     u = _below(torch.rand(B, 1, dtype=torch.float64, device=probs.device) * cdf[:, -1:], cdf[:, -1:])   # (batch, 1)
     j = torch.searchsorted(cdf, u, right=True)                                  # (batch, 1) the block u falls in
     inner = blocks[torch.arange(B, device=probs.device), j[:, 0]].cumsum(-1, dtype=torch.float64)   # (batch, block)

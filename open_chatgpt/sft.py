@@ -358,10 +358,11 @@ def resolve_precision(config: SFTConfig, device: torch.device) -> Optional[torch
     "The autocast dtype for `config` on `device`: bfloat16, float16 or None (float32)."
     cuda = device.type == "cuda"
     bf16_ok = cuda and torch.cuda.is_bf16_supported()
-    if not cuda and config.cpu_bf16 and native_bf16(device) and not config.fp16: return torch.bfloat16   # Appendix B
+    if not cuda and config.cpu_bf16 and config.bf16 is not False and not config.fp16 and native_bf16(device):
+        return torch.bfloat16                                                                      # Appendix B
     if config.bf16 and not bf16_ok:
-        raise ValueError("bf16=True needs a CUDA GPU with bfloat16 support; use bf16=None (auto), or on a CPU "
-                         "cpu_bf16=True (bfloat16 where the CPU has it natively, float32 elsewhere)")
+        raise ValueError("bf16=True needs a CUDA GPU with bfloat16 support, or a CPU with native bf16 and "
+                         "cpu_bf16=True; use bf16=None (auto), and on a CPU cpu_bf16=True (bfloat16 where native)")
     if config.fp16 and not cuda: raise ValueError("fp16=True needs a CUDA GPU; on a CPU leave fp16=None (float32)")
     if config.bf16 or (config.bf16 is None and bf16_ok and not config.fp16): return torch.bfloat16
     if config.fp16 or (config.fp16 is None and cuda and not bf16_ok): return torch.float16

@@ -100,8 +100,9 @@ def render(run: Path, name: str, copy_image: bool = True) -> str:
     steps = sft["config"].get("max_steps")
     b = rm.get("baselines") or {}
     from open_chatgpt.pipeline import _stage_dtype     # the precision its RL stage sampled in (older runs: fp32)
-    short = lambda d: "bf16" if d == "bfloat16" else "fp32"    # the SFT steps' precision (older runs: not recorded, fp32)
-    sampled = f"SFT steps in {short(sft.get('precision'))}, answers sampled in {short(_stage_dtype(run / algo))}"
+    short = lambda d: {"bfloat16": "bf16", "float16": "fp16"}.get(d, "fp32")   # (older runs recorded no SFT precision: fp32)
+    sampled = (f"SFT steps in {short(sft.get('precision'))}, " if steps != 0 else "") + \
+              f"answers sampled in {short(_stage_dtype(run / algo))}"
     lines = [f"Policy `{cfg['model'] or 'tiny GPT-2'}`" + (f" + LoRA r={cfg['lora']['r']}" if cfg.get("lora") else "")
              + f", proxy reward model `{cfg['reward_model'] or 'from the SFT model'}`"
              + (f", gold judge `{j['config']['backbone']}`" if j else "") + f", data `{cfg['data']}`, seed {s['seed']}, {sampled}; "

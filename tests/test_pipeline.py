@@ -391,3 +391,19 @@ def test_sampling_precision_keys_the_answers_and_guards_the_evaluation(tmp_path,
         pl.run_eval(PipelineConfig(output_dir=str(tmp_path), ppo=dict(generation_dtype="bfloat16")))
     old = dict(ppo=dict(generation_dtype="auto", learning_rate=1.0))    # a resume compares a recorded 'auto' as resolved
     assert pl.changed_settings(pl._as_resolved(old), dict(ppo=dict(generation_dtype="bfloat16", learning_rate=1.0))) == []
+
+
+def test_sampler_keys_the_answers_and_reaches_grpo(tmp_path):
+    "The sampler is part of an evaluation's answer key (multinomial keys stay those of older runs) and of GRPO's config."
+    import open_chatgpt.pipeline as pl
+    from open_chatgpt.ppo import PPOConfig
+    cfg = PipelineConfig(output_dir=str(tmp_path), n_eval_prompts=2)
+    keys = {s: pl._answers_key(cfg, "sft", 2, PPOConfig(sampler=s)) for s in ("inverse_cdf", "multinomial")}
+    assert keys["inverse_cdf"] != keys["multinomial"]
+    parts = ["sft", pl._stage_info(tmp_path / "sft"), pl.eval_prompts(cfg), 2, cfg.seed, cfg.showcase,   # the older key
+             {k: getattr(PPOConfig(), k) for k in ("max_new_tokens", "max_prompt_length", "temperature", "top_k", "top_p")},
+             pl._stage_info(tmp_path / "reward"), cfg.judge]
+    assert keys["multinomial"] == pl.hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    for algo in ("grpo", "rloo"):
+        for s in ("inverse_cdf", "multinomial"):
+            assert pl.grpo_config(PipelineConfig(output_dir=str(tmp_path), algo=algo, ppo=dict(sampler=s))).sampler == s

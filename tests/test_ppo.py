@@ -336,3 +336,18 @@ def test_generation_dtype_auto_follows_the_machine(monkeypatch):
         assert rollout(model, TOK, PROMPTS[:2], cfg(generation_dtype="auto"))["generation_dtype"] == want
     with pytest.raises(ValueError, match="generation_dtype must be one of"):
         cfg(generation_dtype="fp16").validate()
+
+
+def test_rollout_draws_with_the_configured_sampler(monkeypatch):
+    "rollout hands PPOConfig.sampler to every sample_next call (GRPO's rollout is the same function)."
+    import open_chatgpt.ppo as ppo_mod
+    seen, real = [], ppo_mod.sample_next
+    def spy(*args, **kw):
+        seen.append(args[5] if len(args) > 5 else kw.get("sampler", "inverse_cdf")); return real(*args, **kw)
+    monkeypatch.setattr(ppo_mod, "sample_next", spy)
+    model = tiny_model("gpt2", TOK, d=32, n_layer=1, n_head=2).eval()
+    for sampler in ("multinomial", "inverse_cdf"):
+        seen.clear()
+        ppo_mod.rollout(model, TOK, sample_prompts("train")["prompt"][:2], PPOConfig(max_new_tokens=4, sampler=sampler))
+        assert seen and set(seen) == {sampler}, (sampler, seen)
+    with pytest.raises(ValueError, match="sampler must be one of"): PPOConfig(sampler="gumbel").validate()
