@@ -43,10 +43,11 @@ def minutes(s) -> str: return "-" if s is None else f"{s / 60:.1f} min"
 
 
 def load_note(s: dict) -> str:
-    "The 1-minute load average at the start and end of the run: above the core count, the CPU was shared."
+    "The 1-minute load average at the start and end of the run: above what the run itself explains, the CPU was shared."
     la = s.get("load_avg")
     if not la: return ""
-    busy = max(la) > (os.cpu_count() or 1)
+    cores = os.cpu_count() or 1        # at the end the run's own torch threads (one per core) count: about `cores`;
+    busy = la[-1] > cores + 0.5        # at the start a run just before it (e.g. the previous --algo) still counts
     return (f" Load average {la[0]:.1f} at the start, {la[-1]:.1f} at the end"
             + (" (the machine was shared with other work: times are upper bounds)." if busy else "."))
 
