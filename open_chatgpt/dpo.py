@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['LOSS_TYPES', 'DPOCollator', 'get_batch_logps', 'concatenated_forward', 'dpo_loss', 'get_batch_loss_metrics',
-           'make_dpo_models', 'DPOConfig', 'pair_logps', 'reference_logps', 'evaluate_dpo', 'sampled_kl',
-           'save_dpo_checkpoint', 'load_dpo_checkpoint', 'train_dpo', 'plot_dpo', 'filter_pairs']
+           'make_dpo_models', 'DPOConfig', 'dpo_autocast', 'pair_logps', 'reference_logps', 'evaluate_dpo',
+           'sampled_kl', 'save_dpo_checkpoint', 'load_dpo_checkpoint', 'train_dpo', 'plot_dpo', 'filter_pairs']
 
 # %% ../nbs/08_dpo.ipynb #f690d496
 import copy
@@ -30,7 +30,7 @@ from .plumbing import (append_metrics, atomic_save, atomic_write_text, context_l
 from .ppo import AdapterDisabled, disable_dropout, fresh_lora, lora_trained
 from .ppo_core import logprobs_from_logits
 from .reward import check_pairs, wilson_interval
-from .sft import IGNORE_INDEX, make_optimizer, make_scheduler, micro_batch_indices
+from .sft import IGNORE_INDEX, make_optimizer, make_scheduler, micro_batch_indices, native_bf16
 
 # %% ../nbs/08_dpo.ipynb #291533c9
 @dataclass
@@ -173,6 +173,7 @@ class DPOConfig:
     kl_samples: int = 16                 # held-out prompts sampled at each evaluation to estimate KL(policy || ref); 0 = off
     kl_max_new_tokens: int = 32          # length cap of those samples
     save_every: int = 0                  # checkpoint every N steps (and at the end) to output_dir; 0: only at the end
+    cpu_bf16: bool = False               # forward passes under bf16 autocast on a CPU with native bf16 (Appendix)
     seed: int = 0                        # data order and sampling
     output_dir: Optional[str] = None     # metrics.jsonl/.csv, dpo.png, checkpoints; None: keep nothing on disk
 
@@ -211,6 +212,12 @@ def _pair_order(pairs, collate) -> list[int]:
     return sorted(range(len(pairs)), key=lambda i: n[i])
 
 @torch.no_grad()
+def dpo_autocast(model, config: DPOConfig):
+    "bf16 autocast if `config.cpu_bf16` and `model` sits on a CPU with native bf16 (Appendix); else a no-op context."
+    device = model_device(model)
+    return torch.autocast("cpu", dtype=torch.bfloat16,
+                          enabled=config.cpu_bf16 and device.type == "cpu" and native_bf16(device))
+
 def pair_logps(model, tokenizer, pairs, config: DPOConfig) -> tuple[torch.Tensor, torch.Tensor]:
     "Sequence log-probs (chosen (n,), rejected (n,)) of every pair under `model`, in the pairs' order."
     collate = DPOCollator(prepare_tokenizer(tokenizer), config.max_length)
@@ -221,7 +228,8 @@ def pair_logps(model, tokenizer, pairs, config: DPOConfig) -> tuple[torch.Tensor
     try:
         for i in range(0, len(order), config.eval_batch_size):
             idx = order[i:i + config.eval_batch_size]
-            c, r = concatenated_forward(model, collate([pairs[j] for j in idx]), config.use_average_log_prob)
+            with dpo_autocast(model, config):                              # the training steps' precision
+                c, r = concatenated_forward(model, collate([pairs[j] for j in idx]), config.use_average_log_prob)
             chosen[idx], rejected[idx] = c.float().cpu(), r.float().cpu()
     finally: model.train(was_training)
     return chosen, rejected
@@ -301,8 +309,9 @@ def _dpo_step(policy, ref_policy, train_pairs, collate, optimizer, scheduler, st
     rows = []
     for k in range((step - 1) * c.grad_accum, step * c.grad_accum):
         batch = collate([train_pairs[i] for i in micro_batch_indices(k, len(train_pairs), c.batch_size, c.seed)])
-        loss, metrics = get_batch_loss_metrics(policy, ref_policy, batch, c.beta, c.loss_type, c.label_smoothing,
-                                               c.use_average_log_prob)
+        with dpo_autocast(policy, c):                                       # bf16 only if asked for (Appendix)
+            loss, metrics = get_batch_loss_metrics(policy, ref_policy, batch, c.beta, c.loss_type, c.label_smoothing,
+                                                   c.use_average_log_prob)
         (loss / c.grad_accum).backward()
         rows.append({"loss": loss.item(), **metrics})
     grad_norm = nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.requires_grad], c.max_grad_norm or float("inf"))

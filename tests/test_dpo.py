@@ -240,3 +240,22 @@ def test_dpo_agrees_with_trl():
     for k in ("loss", "gradients (every policy parameter)", "logps (policy, chosen and rejected)", "rewards/margins"):
         assert len(rows[k]) == 6 and all(float(v) <= 1e-5 for v in rows[k]), (k, rows[k])
     assert "All quantities agree." in p.stdout
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_bf16_steps_and_evaluation_in_bf16_only_where_native(monkeypatch, native):
+    "cpu_bf16: the steps' and the held-out evaluation's forwards (policy and reference) in bf16 where native, else"
+    " float32; the first loss is still exactly log 2 (pi = pi_ref in the same precision) and every weight trains."
+    import open_chatgpt.dpo as dpo_mod
+    monkeypatch.setattr(dpo_mod, "native_bf16", lambda device: native)
+    policy, ref = dpo_mod.make_dpo_models(tiny_model("gpt2", TOK, d=32, n_layer=1, n_head=2), TOK)
+    seen = []
+    for m in (policy, ref): m.register_forward_hook(lambda mod, args, out: seen.append(out.logits.dtype))
+    before = [p.detach().clone() for p in policy.parameters()]
+    pairs = sample_pairs("train").select(range(16))
+    hist = dpo_mod.train_dpo(policy, ref, TOK, pairs, sample_pairs("test").select(range(4)),
+                             dpo_mod.DPOConfig(learning_rate=1e-3, batch_size=4, max_steps=2, max_length=64, kl_samples=0,
+                                               cpu_bf16=True), progress=False)
+    assert set(seen) == {torch.bfloat16 if native else torch.float32}, set(seen)
+    assert hist[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert all(not torch.equal(a, p) for a, p in zip(before, policy.parameters()))
