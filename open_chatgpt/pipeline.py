@@ -625,13 +625,14 @@ def run_eval(cfg: PipelineConfig, log=print) -> dict:
     final_policy = load_policy(str(stage / "policy"), tokenizer=tok).eval()
     greedy_final, qa = _greedy(final_policy, tok, cfg.showcase, gen), qa_probe_results(cfg, final_policy, tok, gen, log)
     with stage_dir(out / "eval") as d:
-        atomic_write_text(d / "qa-probe.json", json.dumps(qa, indent=1))
+        for name in ("qa-probe.json", f"qa-probe-{cfg.algo}.json"):           # the last run's, and one per algorithm
+            atomic_write_text(d / name, json.dumps(dict(qa, algo=cfg.algo), indent=1))
         for name, a in ans.items():
             write_jsonl(answer_rows(a), d / f"answers-{name}.jsonl")
             atomic_write_text(d / f"answers-{name}.json", json.dumps(dict(key=a["key"], n=a["n"], greedy=a["greedy"],
                                                                           seconds=a.get("seconds"))))
-        for old in (out / "eval").glob("overoptimisation-*.png"):              # keep the other algorithms' curves
-            if old.name != f"overoptimisation-{cfg.algo}.png": shutil.copy2(old, d / old.name)
+        for old in [*(out / "eval").glob("overoptimisation-*.png"), *(out / "eval").glob("qa-probe-*.json")]:
+            if not (d / old.name).exists(): shutil.copy2(old, d / old.name)    # keep the other algorithms' curves and probes
         for name in ("overoptimisation.png", f"overoptimisation-{cfg.algo}.png"):   # the last run's, and one per algorithm
             plot_overoptimisation(res["curve"], res["best_of_n"], d / name,
                                   title=f"{cfg.model or 'tiny GPT-2'}, {cfg.algo}, seed {cfg.seed}, {len(final['responses'])} held-out prompts")

@@ -149,6 +149,9 @@ def test_every_algo_on_the_same_run_and_the_comparison_table(done, tmp_path):
     assert (run / "eval" / "answers-sft.jsonl").read_text() == sft_answers  # the SFT policy was not sampled again
     assert sorted(p.name for p in (run / "eval").glob("overoptimisation-*.png")) == [   # each algorithm's curve survives
         f"overoptimisation-{a}.png" for a in ("dpo", "grpo", "ppo", "rloo")]
+    for a in ("dpo", "grpo", "ppo", "rloo"):                     # and its QA probe, every answer kept
+        q, s = json.loads((run / "eval" / f"qa-probe-{a}.json").read_text()), json.loads((run / f"summary-{a}.json").read_text())
+        assert q["algo"] == a and q["flips"] == s["qa_probe"]["flips"] and len(q["policies"]["rl"]["answers"]) == s["qa_probe"]["policies"]["rl"]["n"]
     out = subprocess.run([sys.executable, "scripts/compare_table.py", str(run), "--dry-run"], capture_output=True,
                          text=True, cwd=Path(__file__).resolve().parents[1])
     assert out.returncode == 0, out.stderr
