@@ -211,13 +211,13 @@ def _pair_order(pairs, collate) -> list[int]:
     n = [int(collate([pairs[i]])["attention_mask"].sum(1).max()) for i in range(len(pairs))]
     return sorted(range(len(pairs)), key=lambda i: n[i])
 
-@torch.no_grad()
 def dpo_autocast(model, config: DPOConfig):
     "bf16 autocast if `config.cpu_bf16` and `model` sits on a CPU with native bf16 (Appendix); else a no-op context."
     device = model_device(model)
     return torch.autocast("cpu", dtype=torch.bfloat16,
                           enabled=config.cpu_bf16 and device.type == "cpu" and native_bf16(device))
 
+@torch.no_grad()
 def pair_logps(model, tokenizer, pairs, config: DPOConfig) -> tuple[torch.Tensor, torch.Tensor]:
     "Sequence log-probs (chosen (n,), rejected (n,)) of every pair under `model`, in the pairs' order."
     collate = DPOCollator(prepare_tokenizer(tokenizer), config.max_length)

@@ -890,7 +890,8 @@ REAL_RUN = dict(model="smollm2-135m-instruct", reward_model="minilm-l6", reward_
                 grpo=dict(learning_rate=2e-4, batch_size=2, num_generations=4, mini_batch_size=4, micro_batch_size=1,
                           total_steps=16, save_every=8, beta=0.04),
                 # DPO: 4 comparisons (8 sequences) per step; no sampling, so a step costs about one PPO update;
-                # cpu_bf16: its forward passes in bf16 where the CPU has it natively, as SFT's (chapter 8's Appendix)
+                # cpu_bf16: its forward passes in bf16 where the CPU has it natively, as SFT's (chapter 8's Appendix:
+                # a step 0.39x of its fp32 time, bench/cpu-bf16-dpo.md)
                 dpo=dict(learning_rate=5e-4, batch_size=4, max_steps=32, max_length=192, warmup=2, save_every=8,
                          cpu_bf16=True))
 

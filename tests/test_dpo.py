@@ -258,4 +258,6 @@ def test_cpu_bf16_steps_and_evaluation_in_bf16_only_where_native(monkeypatch, na
                                                cpu_bf16=True), progress=False)
     assert set(seen) == {torch.bfloat16 if native else torch.float32}, set(seen)
     assert hist[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    chosen, rejected = dpo_mod.pair_logps(policy, TOK, sample_pairs("test").select(range(4)), dpo_mod.DPOConfig(cpu_bf16=True))
+    assert not chosen.requires_grad and not rejected.requires_grad     # no graph kept across the evaluation's batches
     assert all(not torch.equal(a, p) for a, p in zip(before, policy.parameters()))
