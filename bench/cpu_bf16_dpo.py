@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """DPO steps under bf16 autocast on a CPU (`DPOConfig.cpu_bf16`, chapter 8's Appendix) against float32, on the real
-model: SmolLM2-135M-Instruct with REAL_RUN's LoRA (the reference: the same weights with the adapters off) and
-REAL_RUN's DPO batch (4 comparisons, 8 sequences of up to 192 tokens), the torch threads `make demo` uses. For each of
-the first REPEATS steps of the real run's data order, the two precisions alternate on the same batch from the same
-weights: wall seconds of the forward passes (policy and reference) and the backward, the loss, and how close the
+model: the untouched SmolLM2-135M-Instruct (not the run's SFT model) with REAL_RUN's LoRA (the reference: the same
+weights with the adapters off), REAL_RUN's DPO batch size and max_length (4 comparisons, 8 sequences of up to 192
+tokens; the raw sample pairs in the seed's order, without the run's filtering), the torch threads `make demo` uses.
+For each of REPEATS batches the two precisions alternate on the same batch from the same weights: wall seconds of the forward passes (policy and reference) and the backward, the loss, and how close the
 bf16 gradient is to the float32 one. The adapters are first given one float32 step, so that the policy differs from
 its reference (at pi = pi_ref both precisions give exactly log 2).
 
@@ -46,9 +46,10 @@ med = statistics.median
 print("# DPO steps in bf16 autocast against float32 on a CPU (`bench/cpu_bf16_dpo.py`)\n")
 print(f"Machine: {machine_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; native bf16: "
       f"{native_bf16('cpu')}; load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end. Model: "
-      f"SmolLM2-135M-Instruct + REAL_RUN's LoRA after one float32 step; REAL_RUN's DPO batch ({c.batch_size} comparisons "
-      f"of up to {c.max_length} tokens); steps 1-{REPEATS} of the real run's data order, the two precisions alternating "
-      f"on each step's batch from the same weights (policy and reference forwards, and the backward).\n")
+      f"the untouched SmolLM2-135M-Instruct + REAL_RUN's LoRA after one float32 step; REAL_RUN's DPO batch size and "
+      f"max_length ({c.batch_size} comparisons of up to {c.max_length} tokens; the raw sample pairs in the seed's order, "
+      f"not the run's filtered ones); {REPEATS} batches, the two precisions alternating on each batch from the same "
+      f"weights (policy and reference forwards, and the backward).\n")
 a, b = med(rows["float32"]["wall"]), med(rows["bfloat16"]["wall"])
 print("| | float32 | bf16 autocast | bf16 / float32 |\n|---|---|---|---|")
 print(f"| forwards + backward, wall s (median) | {a:.2f} | {b:.2f} | **{b / a:.2f}** |")

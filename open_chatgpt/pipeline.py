@@ -631,8 +631,9 @@ def run_eval(cfg: PipelineConfig, log=print) -> dict:
             write_jsonl(answer_rows(a), d / f"answers-{name}.jsonl")
             atomic_write_text(d / f"answers-{name}.json", json.dumps(dict(key=a["key"], n=a["n"], greedy=a["greedy"],
                                                                           seconds=a.get("seconds"))))
+        mine = {f"overoptimisation-{cfg.algo}.png", f"qa-probe-{cfg.algo}.json"}   # this run writes its own
         for old in [*(out / "eval").glob("overoptimisation-*.png"), *(out / "eval").glob("qa-probe-*.json")]:
-            if not (d / old.name).exists(): shutil.copy2(old, d / old.name)    # keep the other algorithms' curves and probes
+            if old.name not in mine: shutil.copy2(old, d / old.name)          # keep the other algorithms' curves and probes
         for name in ("overoptimisation.png", f"overoptimisation-{cfg.algo}.png"):   # the last run's, and one per algorithm
             plot_overoptimisation(res["curve"], res["best_of_n"], d / name,
                                   title=f"{cfg.model or 'tiny GPT-2'}, {cfg.algo}, seed {cfg.seed}, {len(final['responses'])} held-out prompts")
@@ -891,7 +892,7 @@ REAL_RUN = dict(model="smollm2-135m-instruct", reward_model="minilm-l6", reward_
                           total_steps=16, save_every=8, beta=0.04),
                 # DPO: 4 comparisons (8 sequences) per step; no sampling, so a step costs about one PPO update;
                 # cpu_bf16: its forward passes in bf16 where the CPU has it natively, as SFT's (chapter 8's Appendix:
-                # a step 0.39x of its fp32 time, bench/cpu-bf16-dpo.md)
+                # a step 0.40x of its fp32 time, bench/cpu-bf16-dpo.md)
                 dpo=dict(learning_rate=5e-4, batch_size=4, max_steps=32, max_length=192, warmup=2, save_every=8,
                          cpu_bf16=True))
 
