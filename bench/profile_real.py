@@ -234,6 +234,19 @@ def whole_minibatch():
     return ppo_config_override(micro_batch_size=0)
 
 @contextlib.contextmanager
+def bf16_sampling():
+    """`PPOConfig(generation_dtype="bfloat16")`, what the pipeline's real run asks for ("auto") on a CPU with native
+    bf16: the rollout's matmuls under bf16 autocast; old/ref log-probs, values and the update stay fp32."""
+    import dataclasses
+    from open_chatgpt import ppo as P
+    orig = P.rollout
+    def rollout(model, tok, prompts, config, *args, **kw):
+        return orig(model, tok, prompts, dataclasses.replace(config, generation_dtype="bfloat16"), *args, **kw)
+    P.rollout = rollout
+    try: yield
+    finally: P.rollout = orig
+
+@contextlib.contextmanager
 def proposed_ckpt():
     "`proposed` + `grad_checkpointing`: the memory-lean variant."
     with proposed(), grad_checkpointing(): yield
@@ -267,7 +280,7 @@ def no_old_entropy():
 
 CANDIDATES = {"flush_denormal": flush_denormal, "logits_to_keep": logits_to_keep, "trim_padding": trim_padding,
               "no_old_entropy": no_old_entropy, "proposed": proposed, "grad_checkpointing": grad_checkpointing,
-              "whole_minibatch": whole_minibatch,
+              "whole_minibatch": whole_minibatch, "bf16_sampling": bf16_sampling,
               "proposed_ckpt": proposed_ckpt, "bf16_autocast": bf16_autocast}
 
 def bf16_matmul_check(seconds: float = 1.0) -> tuple:

@@ -1137,7 +1137,9 @@ def report_real(results, a, info) -> str:
                   "`generate`) + `step`, `ref_model=None` (adapter-disabled reference, as ours)."
                   + (" *ours + X*: the same code with bench/profile_real.py's variant X (`grad_checkpointing`: "
                      "`PPOConfig(gradient_checkpointing=True)`, activation checkpointing in the update; `whole_minibatch`: "
-                     "`micro_batch_size=0`, the PPOConfig default, one padded forward/backward per minibatch; `proposed`, "
+                     "`micro_batch_size=0`, the PPOConfig default, one padded forward/backward per minibatch; `bf16_sampling`: "
+                     "`generation_dtype=\"bfloat16\"`, the rollout under bf16 autocast as the pipeline's real run samples on "
+                     "CPUs with native bf16, the old/ref forwards and the update in fp32; `proposed`, "
                      "`proposed_ckpt`: the patches measured before the LM-head and padding changes landed; see "
                      "bench/README.md)." if op else ""), ""]
         sides = [("open-chatgpt", o)] + props + [("TRL", t)]
