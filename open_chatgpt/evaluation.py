@@ -143,10 +143,11 @@ def plot_overoptimisation(curve: list[dict], bon: Optional[list[dict]] = None, p
     if path is not None: matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     keys = [k for k in (proxy, gold) if curve and all(k in r for r in curve)] or [proxy]   # no judge: the proxy alone
+    if curve and all("qa" in r for r in curve): keys.append("qa")        # the QA probe (PipelineConfig.qa_curve)
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.8), sharex=True, squeeze=False)
     for ax, key in zip(axes[0], keys):
         for rows, style, label in ((curve, "o-", "RL checkpoints"), (bon or [], "s--", "best-of-n")):
-            if not rows: continue
+            if not rows or not all(key in r for r in rows): continue    # best-of-n has no QA accuracy
             x, y = [r["sqrt_kl"] for r in rows], [r[key] - rows[0][key] for r in rows]
             ax.plot(x, y, style, label=label)
             for r, xi, yi in zip(rows, x, y):
@@ -154,7 +155,9 @@ def plot_overoptimisation(curve: list[dict], bon: Optional[list[dict]] = None, p
                 if tag: ax.annotate(tag, (xi, yi), fontsize=7, xytext=(2, 3), textcoords="offset points")
         ax.axhline(0, color="gray", lw=0.5)
         ax.set_xlabel(r"$\sqrt{\mathrm{KL}(\pi\,\|\,\pi_\mathrm{ref})}$ (nats$^{1/2}$)")
-        ax.set_ylabel(f"{key} score - start"); ax.set_title(f"{key} reward model"); ax.legend()
+        if key == "qa": ax.set_ylabel("QA accuracy - start"); ax.set_title("QA probe (greedy, never optimised)")
+        else: ax.set_ylabel(f"{key} score - start"); ax.set_title(f"{key} reward model")
+        ax.legend()
     if title: fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     if path is not None:

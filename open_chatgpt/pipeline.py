@@ -8,8 +8,8 @@ __all__ = ['SHOWCASE', 'ALGOS', 'SAMPLING', 'PPO_DEFAULTS', 'GRPO_DEFAULTS', 'DP
            'eval_prompts', 'resolved', 'rl_settings', 'stage_settings', 'history_rows', 'run_sft', 'normalise_reward',
            'run_reward', 'load_proxy', 'load_judge', 'run_judge', 'judges', 'ppo_models', 'read_curve',
            'checkpoint_evaluator', 'answer_rows', 'run_ppo', 'grpo_config', 'run_grpo', 'run_dpo', 'qa_probe_results',
-           'policy_answers', 'compare', 'run_eval', 'write_summary', 'build_summary', 'model_config', 'check_config',
-           'format_summary', 'run_pipeline', 'chat', 'build_parser', 'config_from_args', 'main']
+           'policy_answers', 'compare', 'qa_curve_flips', 'run_eval', 'write_summary', 'build_summary', 'model_config',
+           'check_config', 'format_summary', 'run_pipeline', 'chat', 'build_parser', 'config_from_args', 'main']
 
 # %% ../nbs/10_pipeline.ipynb #853439ce
 import argparse
@@ -65,6 +65,7 @@ class PipelineConfig:
     n_norm_prompts: int = 64                # training prompts whose SFT answers set that shift
     judge: Optional[dict] = None            # JudgeConfig fields of the gold reward model; None = no gold evaluation
     n_eval_prompts: int = 128               # held-out prompts of every evaluation (sampled answers, fixed seed)
+    qa_curve: bool = False                  # also ask chapter 7's QA probe at every checkpoint (real run: ~8 s each)
     best_of_n: int = 16                     # answers per held-out prompt from the SFT policy, for best-of-n (1: none)
     showcase: list = field(default_factory=lambda: list(SHOWCASE))  # extra user messages for the answer table
     seed: int = 0
@@ -403,6 +404,9 @@ def checkpoint_evaluator(cfg: PipelineConfig, policy, ref_policy, tokenizer, sta
         ans = sample_answers(policy, tokenizer, prompts, gen, scorers, ref_policy=ref_policy, seed=cfg.seed + 4321)
         row = dict(step=step, **summarize_answers(ans))
         write_jsonl(answer_rows(ans), stage / "answers" / f"step-{step:04d}.jsonl")
+        if cfg.qa_curve:                                                     # chapter 7's probe, greedy, per question
+            qa = qa_accuracy(policy, tokenizer, gen); row["qa"] = qa["accuracy"]
+            atomic_write_text(stage / "answers" / f"qa-step-{step:04d}.json", json.dumps(qa))
         with open(stage / "curve.jsonl", "a") as f: f.write(json.dumps(row) + "\n")
         log(f"[{stage.name}] step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k not in ("step", "n")))
         return row
@@ -602,6 +606,17 @@ def compare(ans: dict, curve: list[dict], final: dict, n: int) -> dict:
                                      [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= n])
     return res
 
+# %% ../nbs/10_pipeline.ipynb #a7c3e9f1
+def qa_curve_flips(curve: list[dict], sft: dict, stage: Path) -> list[dict]:
+    "The curve with the SFT policy's QA accuracy at step 0 and, at each checkpoint, the questions gained and lost against it."
+    rows = [dict(curve[0], qa=sft["accuracy"])]
+    for r in curve[1:]:
+        f = stage / "answers" / f"qa-step-{r['step']:04d}.json"
+        if not f.exists(): rows.append(r); continue                           # (a run from before the per-question files)
+        flips = paired_flips(sft["correct"], json.loads(f.read_text())["correct"])
+        rows.append(dict(r, qa_gained=flips["gained"], qa_lost=flips["lost"], qa_p=flips["p_value"]))
+    return rows
+
 # %% ../nbs/10_pipeline.ipynb #11b02424
 def run_eval(cfg: PipelineConfig, log=print) -> dict:
     "Stage 5: base / SFT / final policy on the held-out prompts: win rates, best-of-n, the curve; write summary.json."
@@ -624,6 +639,8 @@ def run_eval(cfg: PipelineConfig, log=print) -> dict:
     tok = get_tokenizer(str(out / "sft"))
     final_policy = load_policy(str(stage / "policy"), tokenizer=tok).eval()
     greedy_final, qa = _greedy(final_policy, tok, cfg.showcase, gen), qa_probe_results(cfg, final_policy, tok, gen, log)
+    if all("qa" in r for r in res["curve"][1:]) and "sft" in qa["policies"]:   # qa_curve: the start is the SFT probe
+        res["curve"] = qa_curve_flips(res["curve"], qa["policies"]["sft"], stage)
     with stage_dir(out / "eval") as d:
         for name in ("qa-probe.json", f"qa-probe-{cfg.algo}.json"):           # the last run's, and one per algorithm
             atomic_write_text(d / name, json.dumps(dict(qa, algo=cfg.algo), indent=1))
@@ -867,7 +884,7 @@ QUICK_RUN = dict(tiny=dict(n_layer=1, n_embd=32, n_head=2), n_eval_prompts=4, be
 # with a linear head fitted on the frozen encoder (a linear probe: 0.645 held-out in about a minute; one more epoch of
 # fine-tuning from it gave 0.637 in ten, chapter 4).
 REAL_RUN = dict(model="smollm2-135m-instruct", reward_model="minilm-l6", reward_pooling="mean+last",
-                reward_with_prompt=False, judge=copy.deepcopy(JUDGE),
+                reward_with_prompt=False, judge=copy.deepcopy(JUDGE), qa_curve=True,
                 lora=dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "o_proj"]),
                 # 16 LoRA SFT steps: PPO from the SFT model reached a higher gold score than PPO from the untouched
                 # instruct model ("The real run" below); --set sft.max_steps=0 starts RL from the instruct model

@@ -81,11 +81,10 @@ def load_summary(run: Path) -> dict:
 
 
 def check_shared(summaries: list, runs: list) -> None:
-    "Seed runs must share the reward model, the gold judge and the held-out prompts (copied from the first run)."
+    "Seed runs must share the reward model (its accuracy: the shift fit on each seed's SFT answers may differ), the judge and the prompts."
     def what(s):
         rm, j = s["reward_model"], s.get("judge") or {}
-        return dict(reward_model=(rm["accuracy"], rm.get("normalisation")), judge=(j.get("accuracy"), j.get("config")),
-                    prompts=s["n_eval_prompts"])
+        return dict(reward_model=rm["accuracy"], judge=(j.get("accuracy"), j.get("config")), prompts=s["n_eval_prompts"])
     first = what(summaries[0])
     for s, run in zip(summaries[1:], runs[1:]):
         diff = [k for k, v in what(s).items() if v != first[k]]
@@ -155,8 +154,12 @@ def render(run: Path, name: str, copy_image: bool = True) -> str:
                   "| gold | " + " | ".join(f"{x['gold']:+.3f}" for x in s["best_of_n"]) + " |"]
     c = s["curve"]
     lines += ["", f"| {algo.upper()} step | " + " | ".join(str(x["step"]) for x in c) + " |", "|---|" + "---|" * len(c)]
-    for k, h in (("sqrt_kl", "sqrt KL"), ("proxy", "proxy"), ("gold", "gold"), ("length", "length"), ("eos_frac", "ended")):
+    for k, h in (("sqrt_kl", "sqrt KL"), ("proxy", "proxy"), ("gold", "gold"), ("length", "length"), ("eos_frac", "ended"),
+                 ("qa", "QA probe")):
         if all(k in x for x in c): lines.append(f"| {h} | " + " | ".join(f"{x[k]:.3f}" for x in c) + " |")
+    if len(c) > 1 and all("qa_lost" in x for x in c[1:]):           # paired against the SFT policy's answers
+        lines.append("| QA vs SFT: +gained / -lost (sign test p) | - | " + " | ".join(
+            f"+{x['qa_gained']} / -{x['qa_lost']} ({x['qa_p']:.2g})" for x in c[1:]) + " |")
     img = ROOT / "nbs" / "images" / f"overoptimisation-{name}.png"
     src = run / "eval" / f"overoptimisation-{algo}.png"
     src = src if src.exists() else run / "eval" / "overoptimisation.png"
@@ -190,12 +193,32 @@ def render_seeds(runs: list) -> str:
         if len(vals[k]) > 1 else f.format(vals[k][0])
     rows.append(f"| **mean ± sd** | {ms('win', '{:.3f}')} | {ms('gold', '{:+.3f}')} | {ms('proxy', '{:+.3f}')} | "
                 f"{ms('kl', '{:.2f}')} | {ms('length', '{:.1f}')} | {ms('eos_frac', '{:.2f}')} | |")
-    return "\n".join([f"PPO with seeds {', '.join(seeds)} "
-                      "(the seed sets the prompt order, the sampling and the value head; the reward model, the gold judge "
-                      "and the held-out prompts are shared), each scored against its own sample of the start policy; "
+    shared_sft = len({json.dumps(load_summary(r)["reward_model"].get("normalisation"), sort_keys=True) for r in runs}) == 1
+    what = ("the prompt order, the sampling and the value head; the SFT model, the reward model" if shared_sft else
+            "the SFT run, the prompt order, the sampling and the value head; the reward model (up to the shift that "
+            "normalises it on each seed's SFT answers)")
+    return "\n".join([f"PPO with seeds {', '.join(seeds)} (the seed sets {what}, the gold judge and the held-out prompts "
+                      "are shared), each scored against its own sample of the start policy; "
                       f"measured on {machine()}.", "",
                       "| seed | gold win rate vs the start (95% CI) | gold gain | proxy gain | KL (nats) | length | answers that end | steps |",
                       "|---|---|---|---|---|---|---|---|"] + rows)
+
+
+def render_qa_seeds(runs: list) -> str:
+    "Each seed's checkpoints: KL, gold gain over the start, and the QA probe with the questions gained and lost against it."
+    out = ["", "Along each run (`qa_curve`: the QA probe at every checkpoint, paired with the start policy's answers to "
+           "the same 99 questions; sign-test p in brackets):", ""]
+    summaries = [load_summary(r) for r in runs]
+    steps = [c["step"] for c in summaries[0]["curve"]]
+    out += ["| seed | | " + " | ".join(f"step {k}" for k in steps) + " |", "|---|---|" + "---|" * len(steps)]
+    for s in summaries:
+        c = {r["step"]: r for r in s["curve"]}
+        g0 = c[0]["gold"]
+        qa = lambda r: f"{r['qa']:.3f}" + (f" (+{r['qa_gained']} / -{r['qa_lost']}, {r['qa_p']:.2g})" if "qa_lost" in r else "")
+        for name, f in (("KL (nats)", lambda r: f"{r['kl']:.2f}"), ("gold - start", lambda r: f"{r['gold'] - g0:+.3f}"),
+                        ("QA probe", qa)):
+            out.append(f"| {s['seed']} | {name} | " + " | ".join(f(c[k]) if k in c else "-" for k in steps) + " |")
+    return "\n".join(out)
 
 
 def write_index(table: str, name: str, start: str = None, end: str = None, notebook: str = "index.ipynb", readme: bool = True):
@@ -224,6 +247,8 @@ if __name__ == "__main__":
     a = ap.parse_args()
     if a.seeds:
         table = render_seeds([a.run, *a.seeds])
+        if all(all("qa" in c for c in load_summary(r)["curve"]) for r in [a.run, *a.seeds]):
+            table += "\n" + render_qa_seeds([a.run, *a.seeds])
         print(table)
         if not a.dry_run:
             marks = f"<!-- seeds-{a.name}:start -->", f"<!-- seeds-{a.name}:end -->"   # one seed table per configuration

@@ -410,3 +410,62 @@ def test_sampler_keys_the_answers_and_reaches_grpo(tmp_path):
     for algo in ("grpo", "rloo"):
         for s in ("inverse_cdf", "multinomial"):
             assert pl.grpo_config(PipelineConfig(output_dir=str(tmp_path), algo=algo, ppo=dict(sampler=s))).sampler == s
+
+
+def test_qa_curve_puts_the_probe_on_every_checkpoint_and_the_plot(done, tmp_path, monkeypatch):
+    """qa_curve=True: each checkpoint row carries the QA probe's accuracy of the policy being trained (not a reload),
+    the summary's step 0 is the SFT policy's probe, the plot gets a third panel and the table a 'QA probe' row."""
+    import shutil
+    import open_chatgpt.pipeline as pl
+    from open_chatgpt.data import get_tokenizer
+    from open_chatgpt.sft import load_policy
+    run = tmp_path / "run"; shutil.copytree(done, run)
+    cfg = PipelineConfig.from_file(run / "pipeline_config.json").update(dict(output_dir=str(run), qa_curve=True))
+    tok = get_tokenizer(str(run / "ppo" / "policy")); policy = load_policy(str(run / "ppo" / "policy"), tokenizer=tok)
+    seen = []
+    def fake_qa(p, t, gen, items=None, **kw):
+        seen.append((p, gen.max_new_tokens)); return dict(accuracy=0.25 + 0.5 * len(seen) / 10, correct=[True, False])
+    monkeypatch.setattr(pl, "qa_accuracy", fake_qa)
+    evaluate = pl.checkpoint_evaluator(cfg, policy, None, tok, tmp_path / "stage", log=lambda m: None)
+    row = evaluate(3)
+    assert seen == [(policy, pl.make_config(pl.PPOConfig, cfg.ppo, **pl.PPO_DEFAULTS).max_new_tokens)] and row["qa"] == 0.3
+    assert read_metrics(tmp_path / "stage" / "curve.jsonl")[-1]["qa"] == 0.3
+    assert json.loads((tmp_path / "stage" / "answers" / "qa-step-0003.json").read_text())["correct"] == [True, False]
+    monkeypatch.undo()
+    curve = read_metrics(run / "ppo" / "curve.jsonl")                     # as if the run had had qa_curve on
+    (run / "ppo" / "curve.jsonl").write_text("".join(json.dumps(dict(r, qa=0.1 * (i + 1))) + "\n" for i, r in enumerate(curve)))
+    sft_correct = json.loads((run / "eval" / "qa-probe.json").read_text())["policies"]["sft"]["correct"]
+    flipped = [not x for x in sft_correct]                                # the last checkpoint answers the others
+    (run / "ppo" / "answers" / f"qa-step-{curve[-1]['step']:04d}.json").write_text(json.dumps(dict(correct=flipped)))
+    s = pl.run_eval(cfg, log=lambda m: None)
+    assert s["curve"][0]["qa"] == s["qa_probe"]["policies"]["sft"]["accuracy"]
+    assert [c["qa"] for c in s["curve"][1:]] == pytest.approx([0.1 * (i + 1) for i in range(len(curve))])
+    last = s["curve"][-1]                                                 # paired against the SFT policy's answers
+    assert (last["qa_gained"], last["qa_lost"]) == (sft_correct.count(False), sft_correct.count(True))
+    assert all("qa_lost" not in c for c in s["curve"][:-1])               # no per-question file: no flips
+    fig = pl.plot_overoptimisation(s["curve"], s["best_of_n"])
+    assert [a.get_title() for a in fig.axes][-1].startswith("QA probe") and len(fig.axes) == 3
+    table = subprocess.run([sys.executable, "scripts/results_table.py", str(run), "--dry-run"], capture_output=True,
+                           text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    assert "| QA probe | " in table and "| QA vs SFT" not in table       # flips only when every checkpoint has them
+
+
+def test_seed_table_shows_the_qa_probe_along_each_run(done, tmp_path):
+    "With the QA probe at every checkpoint, the seed table adds each seed's KL, gold gain and QA flips by step."
+    s = json.loads((done / "summary-ppo.json").read_text())
+    cfg = json.loads((done / "pipeline_config.json").read_text())
+    dirs = []
+    for seed in (0, 1):
+        x = json.loads(json.dumps(s)); x["seed"] = seed
+        x["reward_model"]["normalisation"] = dict(x["reward_model"]["normalisation"], bias=-0.1 * seed)   # its own SFT
+        x["curve"] = [dict(c, qa=0.5 - 0.1 * i + 0.01 * seed, **({} if i == 0 else dict(qa_gained=1, qa_lost=2 + i, qa_p=1.0)))
+                      for i, c in enumerate(x["curve"])]
+        d = tmp_path / f"seed{seed}"; d.mkdir(); dirs.append(d)
+        (d / "summary-ppo.json").write_text(json.dumps(x)); (d / "pipeline_config.json").write_text(json.dumps({**cfg, "seed": seed}))
+    out = subprocess.run([sys.executable, "scripts/results_table.py", str(dirs[0]), "--seeds", str(dirs[1]), "--dry-run"],
+                         capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    qa = [r for r in out.splitlines() if "| QA probe |" in r]
+    assert len(qa) == 2 and qa[0].startswith("| 0 | QA probe | 0.500 | 0.400 (+1 / -3, 1) |"), qa
+    assert qa[1].startswith("| 1 | QA probe | 0.510 | 0.410 (+1 / -3, 1) |")
+    assert sum(r.startswith("| 1 | gold - start | +0.000 |") for r in out.splitlines()) == 1
+    assert "the seed sets the SFT run, the prompt order" in out                # each seed trained its own SFT model
