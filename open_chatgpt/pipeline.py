@@ -65,7 +65,7 @@ class PipelineConfig:
     n_norm_prompts: int = 64                # training prompts whose SFT answers set that shift
     judge: Optional[dict] = None            # JudgeConfig fields of the gold reward model; None = no gold evaluation
     n_eval_prompts: int = 128               # held-out prompts of every evaluation (sampled answers, fixed seed)
-    qa_curve: bool = False                  # also ask chapter 7's QA probe at every checkpoint (real run: ~8 s each)
+    qa_curve: bool = False                  # also ask chapter 7's QA probe at every checkpoint (real run: 5-20 s each)
     best_of_n: int = 16                     # answers per held-out prompt from the SFT policy, for best-of-n (1: none)
     showcase: list = field(default_factory=lambda: list(SHOWCASE))  # extra user messages for the answer table
     seed: int = 0

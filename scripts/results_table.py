@@ -81,10 +81,11 @@ def load_summary(run: Path) -> dict:
 
 
 def check_shared(summaries: list, runs: list) -> None:
-    "Seed runs must share the reward model (its accuracy: the shift fit on each seed's SFT answers may differ), the judge and the prompts."
+    "Seed runs must share the reward model (its accuracy and baselines; the shift fit on each seed's SFT answers may differ), the judge and the prompts."
     def what(s):
         rm, j = s["reward_model"], s.get("judge") or {}
-        return dict(reward_model=rm["accuracy"], judge=(j.get("accuracy"), j.get("config")), prompts=s["n_eval_prompts"])
+        return dict(reward_model=(rm["accuracy"], rm["n"], {k: v.get("accuracy") for k, v in (rm.get("baselines") or {}).items()}),
+                    judge=(j.get("accuracy"), j.get("config")), prompts=s["n_eval_prompts"])
     first = what(summaries[0])
     for s, run in zip(summaries[1:], runs[1:]):
         diff = [k for k, v in what(s).items() if v != first[k]]
@@ -193,7 +194,10 @@ def render_seeds(runs: list) -> str:
         if len(vals[k]) > 1 else f.format(vals[k][0])
     rows.append(f"| **mean ± sd** | {ms('win', '{:.3f}')} | {ms('gold', '{:+.3f}')} | {ms('proxy', '{:+.3f}')} | "
                 f"{ms('kl', '{:.2f}')} | {ms('length', '{:.1f}')} | {ms('eos_frac', '{:.2f}')} | |")
-    shared_sft = len({json.dumps(load_summary(r)["reward_model"].get("normalisation"), sort_keys=True) for r in runs}) == 1
+    sft = [r / "sft" / "stage.json" for r in runs]             # a copied SFT stage records the same settings (seed included)
+    ids = {json.dumps(json.loads(f.read_text()).get("settings"), sort_keys=True) if f.exists() else
+           json.dumps(load_summary(r)["reward_model"].get("normalisation"), sort_keys=True) for f, r in zip(sft, runs)}
+    shared_sft = len(ids) == 1
     what = ("the prompt order, the sampling and the value head; the SFT model, the reward model" if shared_sft else
             "the SFT run, the prompt order, the sampling and the value head; the reward model (up to the shift that "
             "normalises it on each seed's SFT answers)")

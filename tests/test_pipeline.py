@@ -469,3 +469,7 @@ def test_seed_table_shows_the_qa_probe_along_each_run(done, tmp_path):
     assert qa[1].startswith("| 1 | QA probe | 0.510 | 0.410 (+1 / -3, 1) |")
     assert sum(r.startswith("| 1 | gold - start | +0.000 |") for r in out.splitlines()) == 1
     assert "the seed sets the SFT run, the prompt order" in out                # each seed trained its own SFT model
+    for d in dirs: (d / "sft").mkdir(); (d / "sft" / "stage.json").write_text((done / "sft" / "stage.json").read_text())
+    out = subprocess.run([sys.executable, "scripts/results_table.py", str(dirs[0]), "--seeds", str(dirs[1]), "--dry-run"],
+                         capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    assert "the seed sets the prompt order, the sampling and the value head; the SFT model" in out   # one SFT stage, copied

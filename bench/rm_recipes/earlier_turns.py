@@ -83,7 +83,8 @@ def cv(mode="chosen>earlier"):
     ec, er = aug_pairs(np.arange(ntr), trc, E, mode)
     w = fit_aug(trc, trr, ec, er, C, wa); a = acc((tec - ter) @ w)
     print(f"cv picks C={C} w_aug={wa} cv {best:.3f} (no augmentation: {base:.3f} at C={base_C}) -> held-out {fmt(a)}")
-    log_result(exp="earlier_turns", recipe=f"{'+'.join(FEAT)} probe + {mode} pairs", C=C, w_aug=wa, cv=best, cv_no_aug=base, split="test", **a)
+    log_result(exp="earlier_turns", recipe=f"{'+'.join(FEAT)} probe + {mode} pairs", C=C, w_aug=wa, cv=best, cv_no_aug=base,
+               cv_grid=[dict(C=c, w_aug=w, cv=v) for (c, w), v in grid.items()], split="test", **a)
 
 def diag():
     "Where earlier turns fall on a probe trained on the real pairs only (out-of-fold for the train answers)."
@@ -92,8 +93,9 @@ def diag():
     for tr, va in folds:
         w = fit_head(trc[tr], trr[tr], 3e-4); sc[va] = trc[va] @ w; sr[va] = trr[va] @ w
         s = np.isin(owner, va); se[s] = E[s] @ w
-    print(f"mean score chosen {sc.mean():.3f} rejected {sr.mean():.3f} earlier turns {se.mean():.3f}")
-    print(f"P(chosen > earlier turn of the same conversation) {np.mean(sc[owner] > se):.3f};"
-          f" P(rejected > earlier) {np.mean(sr[owner] > se):.3f}; P(chosen > rejected) {np.mean(sc > sr):.3f}")
+    d = dict(mean_chosen=sc.mean(), mean_rejected=sr.mean(), mean_earlier=se.mean(), p_chosen_gt_earlier=np.mean(sc[owner] > se),
+             p_rejected_gt_earlier=np.mean(sr[owner] > se), p_chosen_gt_rejected=np.mean(sc > sr))
+    log_result(exp="earlier_turns_diag", recipe=f"{'+'.join(FEAT)} probe (C=3e-4), out of fold", split="train",
+               n_earlier=len(E), **{k: float(v) for k, v in d.items()})
 
 if __name__ == "__main__": {"embed": embed, "diag": diag, "cv": cv}[sys.argv[1]]()
