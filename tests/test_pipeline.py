@@ -473,3 +473,21 @@ def test_seed_table_shows_the_qa_probe_along_each_run(done, tmp_path):
     out = subprocess.run([sys.executable, "scripts/results_table.py", str(dirs[0]), "--seeds", str(dirs[1]), "--dry-run"],
                          capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stdout
     assert "the seed sets the prompt order, the sampling and the value head; the SFT model" in out   # one SFT stage, copied
+
+
+def test_qa_curve_end_to_end_through_the_training_loop(tmp_path):
+    "A toy run with --set qa_curve=true: every checkpoint of train_ppo's callback has its probe and flips in the summary."
+    out = tmp_path / "run"
+    assert main(["pipeline", "-o", str(out), *TOY, "--set", "qa_curve=true"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    n = QUICK_RUN["ppo"]["total_steps"]
+    assert [c["step"] for c in s["curve"]] == list(range(0, n + 1)) and all(0 <= c["qa"] <= 1 for c in s["curve"])
+    assert s["curve"][0]["qa"] == s["qa_probe"]["policies"]["sft"]["accuracy"]
+    for c in s["curve"][1:]:
+        f = json.loads((out / "ppo" / "answers" / f"qa-step-{c['step']:04d}.json").read_text())
+        assert f["accuracy"] == c["qa"] and len(f["correct"]) == 99 == f["n"]
+        assert c["qa_gained"] + c["qa_lost"] <= 99 and 0 <= c["qa_p"] <= 1
+    last = json.loads((out / "ppo" / "answers" / f"qa-step-{n:04d}.json").read_text())
+    assert last["answers"] and isinstance(last["answers"][0], str)
+    rl = json.loads((out / "eval" / "qa-probe.json").read_text())["policies"]["rl"]   # the saved final policy, reloaded
+    assert rl["answers"] == last["answers"]                                  # the checkpoint probe asked the same weights
