@@ -212,15 +212,17 @@ def proposed():
 
 @contextlib.contextmanager
 def ppo_config_override(**changes):
-    "`ppo_step` run with these PPOConfig fields changed (the caller's config otherwise)."
+    "`rollout` and `ppo_step` run with these PPOConfig fields changed (the caller's config otherwise)."
     import dataclasses
     from open_chatgpt import ppo as P
-    orig = P.ppo_step
+    orig_rollout, orig_step = P.rollout, P.ppo_step
+    def rollout(model, tok, prompts, config, *args, **kw):
+        return orig_rollout(model, tok, prompts, dataclasses.replace(config, **changes), *args, **kw)
     def ppo_step(model, ref, opt, batch, scores, kl_ctl, config):
-        return orig(model, ref, opt, batch, scores, kl_ctl, dataclasses.replace(config, **changes))
-    P.ppo_step = ppo_step
+        return orig_step(model, ref, opt, batch, scores, kl_ctl, dataclasses.replace(config, **changes))
+    P.rollout, P.ppo_step = rollout, ppo_step
     try: yield
-    finally: P.ppo_step = orig
+    finally: P.rollout, P.ppo_step = orig_rollout, orig_step
 
 def grad_checkpointing():
     """`PPOConfig(gradient_checkpointing=True)` (landed: `ppo.checkpointing`, HF non-reentrant checkpointing in the
@@ -233,18 +235,10 @@ def whole_minibatch():
     (the real mode runs ours with `micro_batch_size=1`, as the pipeline's real run)."""
     return ppo_config_override(micro_batch_size=0)
 
-@contextlib.contextmanager
 def bf16_sampling():
     """`PPOConfig(generation_dtype="bfloat16")`, what the pipeline's real run asks for ("auto") on a CPU with native
     bf16: the rollout's matmuls under bf16 autocast; old/ref log-probs, values and the update stay fp32."""
-    import dataclasses
-    from open_chatgpt import ppo as P
-    orig = P.rollout
-    def rollout(model, tok, prompts, config, *args, **kw):
-        return orig(model, tok, prompts, dataclasses.replace(config, generation_dtype="bfloat16"), *args, **kw)
-    P.rollout = rollout
-    try: yield
-    finally: P.rollout = orig
+    return ppo_config_override(generation_dtype="bfloat16")
 
 @contextlib.contextmanager
 def proposed_ckpt():
