@@ -22,23 +22,15 @@ owner = np.array([i for i, a in enumerate(conv) for _ in a])     # which train p
 texts = [x for a in conv for x in a]
 FEAT = ("minilm-l6__resp128__L6__mean", "minilm-l6__resp128__L6__last")
 
-@torch.no_grad()
 def embed(batch=32):
     from transformers import AutoTokenizer, AutoModel
     from open_chatgpt.models import resolve_model
+    from embed import pooled_features
     path = resolve_model("minilm-l6"); tok = AutoTokenizer.from_pretrained(path); model = AutoModel.from_pretrained(path).eval()
-    items = [encode(tok, "", r, "resp", 128, True)[0] for r in texts]
-    F = {p: np.zeros((len(items), model.config.hidden_size), np.float32) for p in ("mean", "last")}
-    order = sorted(range(len(items)), key=lambda i: len(items[i])); t = time.time()
-    for s in range(0, len(order), batch):
-        idx = order[s:s + batch]; T = max(len(items[i]) for i in idx)
-        ids = torch.zeros((len(idx), T), dtype=torch.long); m = torch.zeros_like(ids)
-        for j, i in enumerate(idx): ids[j, :len(items[i])] = torch.tensor(items[i]); m[j, :len(items[i])] = 1
-        h = model(input_ids=ids, attention_mask=m, token_type_ids=torch.zeros_like(ids)).last_hidden_state
-        F["mean"][idx] = ((h * m[..., None]).sum(1) / m.sum(1, keepdim=True)).numpy()
-        F["last"][idx] = h[torch.arange(len(idx)), m.sum(1) - 1].numpy()
-    for p, x in F.items(): np.save(CACHE / f"earlier__minilm-l6__resp128__L6__{p}.npy", x)
-    log_result(exp="embed", model="minilm-l6", fmt="earlier assistant turns, resp 128", n=len(items), seconds=time.time() - t)
+    t = time.time()
+    F, _ = pooled_features(model, [encode(tok, "", r, "resp", 128, True) for r in texts], tok.pad_token_id, True, [6], batch)
+    for p in ("mean", "last"): np.save(CACHE / f"earlier__minilm-l6__resp128__L6__{p}.npy", F[(6, p)])
+    log_result(exp="embed", model="minilm-l6", fmt="earlier assistant turns, resp 128", n=len(texts), seconds=time.time() - t)
 
 def feats():
     trc, trr, tec, ter = load(FEAT)
