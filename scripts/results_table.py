@@ -176,12 +176,13 @@ def render(run: Path, name: str, copy_image: bool = True) -> str:
 
 
 def render_seeds(runs: list) -> str:
-    "One row per seed (each run's summary-ppo.json) and the mean and standard deviation over them."
+    """One row per seed (each run's summary-ppo.json) and the mean and standard deviation over them; when every run
+    followed the QA probe along its checkpoints, each seed's curve by step below."""
     import statistics
     rows, seeds, vals = [], [], {k: [] for k in ("win", "gold", "proxy", "kl", "length", "eos_frac")}
-    check_shared([load_summary(r) for r in runs], runs)
-    for run in runs:
-        s = load_summary(run)
+    summaries = [load_summary(r) for r in runs]
+    check_shared(summaries, runs)
+    for run, s in zip(runs, summaries):
         if "gold" not in s["win_rates"]: raise SystemExit(f"{run}: no gold judge in this run's summary; a seed table needs one")
         start, final, w = s["policies"]["sft"], s["policies"][s["algo"]], s["win_rates"]["gold"]["rl_vs_sft"]
         v = dict(win=w["win_rate"], gold=final["gold"] - start["gold"], proxy=final["proxy"] - start["proxy"], kl=final["kl"],
@@ -196,23 +197,24 @@ def render_seeds(runs: list) -> str:
                 f"{ms('kl', '{:.2f}')} | {ms('length', '{:.1f}')} | {ms('eos_frac', '{:.2f}')} | |")
     sft = [r / "sft" / "stage.json" for r in runs]             # a copied SFT stage records the same settings (seed included)
     ids = {json.dumps(json.loads(f.read_text()).get("settings"), sort_keys=True) if f.exists() else
-           json.dumps(load_summary(r)["reward_model"].get("normalisation"), sort_keys=True) for f, r in zip(sft, runs)}
+           json.dumps(s["reward_model"].get("normalisation"), sort_keys=True) for f, s in zip(sft, summaries)}
     shared_sft = len(ids) == 1
     what = ("the prompt order, the sampling and the value head; the SFT model, the reward model" if shared_sft else
             "the SFT run, the prompt order, the sampling and the value head; the reward model (up to the shift that "
             "normalises it on each seed's SFT answers)")
-    return "\n".join([f"PPO with seeds {', '.join(seeds)} (the seed sets {what}, the gold judge and the held-out prompts "
-                      "are shared), each scored against its own sample of the start policy; "
-                      f"measured on {machine()}.", "",
-                      "| seed | gold win rate vs the start (95% CI) | gold gain | proxy gain | KL (nats) | length | answers that end | steps |",
-                      "|---|---|---|---|---|---|---|---|"] + rows)
+    table = "\n".join([f"PPO with seeds {', '.join(seeds)} (the seed sets {what}, the gold judge and the held-out prompts "
+                       "are shared), each scored against its own sample of the start policy; "
+                       f"measured on {machine()}.", "",
+                       "| seed | gold win rate vs the start (95% CI) | gold gain | proxy gain | KL (nats) | length | answers that end | steps |",
+                       "|---|---|---|---|---|---|---|---|"] + rows)
+    if all(all("qa" in c for c in s["curve"]) for s in summaries): table += "\n" + render_qa_seeds(summaries)
+    return table
 
 
-def render_qa_seeds(runs: list) -> str:
+def render_qa_seeds(summaries: list) -> str:
     "Each seed's checkpoints: KL, gold gain over the start, and the QA probe with the questions gained and lost against it."
     out = ["", "Along each run (`qa_curve`: the QA probe at every checkpoint, paired with the start policy's answers to "
            "the same 99 questions; sign-test p in brackets):", ""]
-    summaries = [load_summary(r) for r in runs]
     steps = [c["step"] for c in summaries[0]["curve"]]
     out += ["| seed | | " + " | ".join(f"step {k}" for k in steps) + " |", "|---|---|" + "---|" * len(steps)]
     for s in summaries:
@@ -251,8 +253,6 @@ if __name__ == "__main__":
     a = ap.parse_args()
     if a.seeds:
         table = render_seeds([a.run, *a.seeds])
-        if all(all("qa" in c for c in load_summary(r)["curve"]) for r in [a.run, *a.seeds]):
-            table += "\n" + render_qa_seeds([a.run, *a.seeds])
         print(table)
         if not a.dry_run:
             marks = f"<!-- seeds-{a.name}:start -->", f"<!-- seeds-{a.name}:end -->"   # one seed table per configuration
