@@ -6,10 +6,11 @@
 __all__ = ['SHOWCASE', 'ALGOS', 'SAMPLING', 'PPO_DEFAULTS', 'GRPO_DEFAULTS', 'DPO_DEFAULTS', 'RL_STAGES', 'JUDGE', 'DEMO',
            'QUICK_RUN', 'REAL_RUN', 'PipelineConfig', 'make_config', 'run_tokenizer', 'sft_eval_data', 'load_data',
            'eval_prompts', 'resolved', 'rl_settings', 'stage_settings', 'history_rows', 'run_sft', 'normalise_reward',
-           'run_reward', 'load_proxy', 'load_judge', 'run_judge', 'judges', 'ppo_models', 'read_curve',
-           'checkpoint_evaluator', 'answer_rows', 'run_ppo', 'grpo_config', 'run_grpo', 'run_dpo', 'qa_probe_results',
-           'policy_answers', 'compare', 'qa_curve_flips', 'run_eval', 'write_summary', 'build_summary', 'model_config',
-           'check_config', 'format_summary', 'run_pipeline', 'chat', 'build_parser', 'config_from_args', 'main']
+           'run_reward', 'load_proxy', 'load_judge', 'run_judge', 'judges', 'rl_start_policy', 'ppo_models',
+           'read_curve', 'checkpoint_evaluator', 'answer_rows', 'run_ppo', 'grpo_config', 'run_grpo', 'run_dpo',
+           'qa_probe_results', 'policy_answers', 'compare', 'qa_curve_flips', 'run_eval', 'write_summary',
+           'build_summary', 'model_config', 'check_config', 'format_summary', 'run_pipeline', 'chat', 'build_parser',
+           'config_from_args', 'main']
 
 # %% ../nbs/10_pipeline.ipynb #853439ce
 import argparse
@@ -366,14 +367,19 @@ def judges(cfg: PipelineConfig, tokenizer, log=print) -> dict:
 PPO_DEFAULTS = dict(learning_rate=1e-4, batch_size=32, mini_batch_size=8, ppo_epochs=4, max_new_tokens=24,
                     max_prompt_length=96, init_kl_coef=0.1, target=6.0, horizon=200, total_steps=40, save_every=5)
 
+def rl_start_policy(cfg: PipelineConfig, tok):
+    "The SFT policy an RL stage starts from, with fresh LoRA adapters (if `cfg.lora`) drawn from `cfg.seed`."
+    from open_chatgpt.sft import load_policy
+    torch.manual_seed(cfg.seed)   # LoRA's A matrices (and a new value head after them) are random: the seed fixes the run
+    return load_policy(str(Path(cfg.output_dir) / "sft"), tokenizer=tok, lora=cfg.lora)
+
 def ppo_models(cfg: PipelineConfig, log=print) -> dict:
     "The PPO stage's parts from the SFT and reward outputs: actor + critic, reference, frozen reward model, reward_fn, config."
-    from open_chatgpt.sft import load_policy
     out = Path(cfg.output_dir)
     if not (out / "sft").is_dir(): raise ValueError(f"no sft stage output in {out / 'sft'}: run it first")
     rm = load_proxy(cfg)
     tok = get_tokenizer(str(out / "sft"))
-    sft_model = load_policy(str(out / "sft"), tokenizer=tok, lora=cfg.lora)  # LoRA: fresh adapters on the merged SFT weights
+    sft_model = rl_start_policy(cfg, tok)                  # LoRA: fresh adapters on the merged SFT weights
     ppo_cfg = make_config(PPOConfig, cfg.ppo, **{**PPO_DEFAULTS, "seed": cfg.seed, "output_dir": str(out / "ppo")})
     ppo_cfg.validate(context_length(sft_model))
     critic_init = cfg.critic_init
@@ -454,12 +460,11 @@ def grpo_config(cfg: PipelineConfig):
 def run_grpo(cfg: PipelineConfig, resume: bool = False, stop_after_steps: Optional[int] = None, log=print) -> dict:
     "Stage 4 with GRPO or RLOO: the SFT policy against the proxy, no critic, evaluated at every checkpoint."
     from open_chatgpt.grpo import make_grpo_models, train_grpo
-    from open_chatgpt.sft import load_policy
     out, t0 = Path(cfg.output_dir), time.perf_counter()
     rm, stage = load_proxy(cfg), out / cfg.algo
     tok = get_tokenizer(str(out / "sft"))
     gcfg = grpo_config(cfg)
-    policy, ref = make_grpo_models(load_policy(str(out / "sft"), tokenizer=tok, lora=cfg.lora), tok)
+    policy, ref = make_grpo_models(rl_start_policy(cfg, tok), tok)
     gcfg.validate(context_length(policy))
     fresh = not (resume and (stage / "checkpoints" / "last.pt").exists())
     evaluate = checkpoint_evaluator(cfg, policy, ref, tok, stage, fresh, log)
@@ -479,11 +484,10 @@ def run_dpo(cfg: PipelineConfig, resume: bool = False, stop_after_steps: Optiona
     "Stage 4 with DPO: the SFT policy on the training comparisons (no reward model), evaluated at every checkpoint."
     from open_chatgpt.dpo import DPOConfig, filter_pairs, make_dpo_models, train_dpo
     from open_chatgpt.reward import check_pairs
-    from open_chatgpt.sft import load_policy
     out, t0, stage = Path(cfg.output_dir), time.perf_counter(), Path(cfg.output_dir) / "dpo"
     tok = get_tokenizer(str(out / "sft"))
     dcfg = make_config(DPOConfig, cfg.dpo, **{**DPO_DEFAULTS, "seed": cfg.seed, "output_dir": str(stage)})
-    policy, ref = make_dpo_models(load_policy(str(out / "sft"), tokenizer=tok, lora=cfg.lora), tok)
+    policy, ref = make_dpo_models(rl_start_policy(cfg, tok), tok)
     # pairs that fit untruncated (DPOCollator would cut a long pair's prompt once, for both answers, but an answer to
     # a half-read question teaches little)
     train = filter_pairs(check_pairs(load_data(cfg, "pairs", "train"), "train pairs", drop_identical=True), tok, dcfg.max_length)
@@ -909,8 +913,10 @@ REAL_RUN = dict(model="smollm2-135m-instruct", reward_model="minilm-l6", reward_
                           total_steps=16, save_every=8, beta=0.04),
                 # DPO: 4 comparisons (8 sequences) per step; no sampling, so a step costs about one PPO update;
                 # cpu_bf16: its forward passes in bf16 where the CPU has it natively, as SFT's (chapter 8's Appendix:
-                # a step 0.40x of its fp32 time, bench/cpu-bf16-dpo.md)
-                dpo=dict(learning_rate=5e-4, batch_size=4, max_steps=32, max_length=192, warmup=2, save_every=8,
+                # a step 0.40x of its fp32 time, bench/cpu-bf16-dpo.md). Evaluated at steps 16 and 32, as GRPO at 8
+                # and 16: each evaluation samples 128 answers of about 40 tokens and their KL, 2.4 min on 2026-11-29's
+                # CPU, where four of them made the stage 13.3 min (issue #15 asks for at most 10)
+                dpo=dict(learning_rate=5e-4, batch_size=4, max_steps=32, max_length=192, warmup=2, save_every=16,
                          cpu_bf16=True))
 
 # %% ../nbs/10_pipeline.ipynb #190c9824

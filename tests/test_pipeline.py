@@ -491,3 +491,18 @@ def test_qa_curve_end_to_end_through_the_training_loop(tmp_path):
     assert last["answers"] and isinstance(last["answers"][0], str)
     rl = json.loads((out / "eval" / "qa-probe.json").read_text())["policies"]["rl"]   # the saved final policy, reloaded
     assert rl["answers"] == last["answers"]                                  # the checkpoint probe asked the same weights
+
+
+def test_the_seed_fixes_every_rl_stage_with_lora(tmp_path):
+    "Two fresh runs of an RL stage with one seed take the same steps: LoRA's random A matrices come from the seed too."
+    import shutil
+    lora = ["--set", 'lora={"r": 4, "lora_alpha": 8, "target_modules": ["c_attn"]}']
+    base = tmp_path / "base"
+    assert main(["sft", "-o", str(base), *TOY, *lora]) == 0 and main(["reward", "-o", str(base), *TOY, *lora]) == 0
+    for algo in ("ppo", "dpo", "grpo"):
+        runs = []
+        for i in range(2):                                       # fresh copies of one SFT + proxy, the stage twice
+            d = tmp_path / f"{algo}-{i}"; shutil.copytree(base, d)
+            assert main(["ppo", "-o", str(d), *TOY, *lora, "--algo", algo, "--ppo-steps", "2"]) == 0
+            runs.append([{k: v for k, v in r.items() if "time" not in k} for r in read_metrics(d / algo / "metrics.jsonl")])
+        assert len(runs[0]) == 2 and runs[0] == runs[1], algo
