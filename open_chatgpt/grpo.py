@@ -220,9 +220,9 @@ def _check_grpo_config(c: GRPOConfig, context_length: Optional[int] = None) -> N
                          f"does not fit the policy's context of {context_length} tokens; lower one of them")
 
 # %% ../nbs/09_grpo.ipynb #469f1dde
-def make_grpo_models(sft_model, tokenizer):
+def make_grpo_models(sft_model, tokenizer, seed: int = 0):
     "The trained policy (a copy of `sft_model`, dropout off) and its frozen reference (`AdapterDisabled` for LoRA)."
-    pv, ref_policy = make_ppo_models(sft_model, tokenizer, shared_backbone=True)   # chapter 6's actor and reference
+    pv, ref_policy = make_ppo_models(sft_model, tokenizer, shared_backbone=True, seed=seed)   # chapter 6's actor, reference
     return pv.policy, ref_policy                                                    # no critic, no value head
 
 # %% ../nbs/09_grpo.ipynb #ddbec94d

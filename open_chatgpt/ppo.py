@@ -39,8 +39,8 @@ from .models import (accepts_position_ids, hidden_size, is_lora, model_inputs, p
 from .reward import reward_input
 from .sft import is_checkpointing, native_bf16, switch_checkpointing
 from .plumbing import (append_metrics, atomic_save, atomic_write_text, context_length, model_device,
-                                   open_run, read_metrics, rng_state, save_figure, seed_everything, set_rng_state,
-                                   write_csv)
+                                   open_run, read_metrics, rng_devices, rng_state, save_figure, seed_everything,
+                                   set_rng_state, write_csv)
 from .ppo_core import (KL_ESTIMATORS, AdaptiveKLController, FixedKLController, compute_gae,
                                    compute_rewards, entropy_from_logits, kl_penalty, logprobs_from_logits, masked_mean,
                                    masked_whiten, ppo_policy_loss, ppo_value_loss)
@@ -248,19 +248,21 @@ def lora_trained(model) -> bool:
     "True if a LoRA model's adapters change its output (some `lora_B` is non-zero)."
     return any(bool(p.detach().abs().sum() > 0) for n, p in model.named_parameters() if "lora_B" in n)
 
-def fresh_lora(model):
-    "A copy whose trained LoRA adapters are merged into the base and replaced by fresh ones (lora_B = 0)."
+def fresh_lora(model, seed: int = 0):
+    "A copy whose trained LoRA adapters are merged into the base and replaced by fresh ones (lora_B = 0, lora_A from `seed`)."
     from peft import get_peft_model
     cfg = copy.deepcopy(model.peft_config[model.active_adapter])
     cfg.init_lora_weights, cfg.inference_mode = True, False           # new adapters start at zero and train
-    return get_peft_model(copy.deepcopy(model).merge_and_unload(), cfg)
+    with torch.random.fork_rng(devices=rng_devices(model)):           # A is random: a run's seed must fix it, and
+        torch.manual_seed(seed)                                       # the caller's RNG is left as it was
+        return get_peft_model(copy.deepcopy(model).merge_and_unload(), cfg)
 
 # %% ../nbs/06_ppo.ipynb #6fa7ab4c
 def make_ppo_models(sft_model, tokenizer, reward_model=None, critic_init: str = "reward",
-                    shared_backbone: bool = False):
+                    shared_backbone: bool = False, seed: int = 0):
     "The trained `PolicyAndValue` (actor + critic) and the frozen reference, all from the SFT model (and reward model)."
     if critic_init not in ("reward", "sft"): raise ValueError(f"critic_init must be 'reward' or 'sft', got {critic_init!r}")
-    start = fresh_lora(sft_model) if is_lora(sft_model) and lora_trained(sft_model) else copy.deepcopy(sft_model)
+    start = fresh_lora(sft_model, seed) if is_lora(sft_model) and lora_trained(sft_model) else copy.deepcopy(sft_model)
     actor = disable_dropout(prepare_model(start, tokenizer)).eval()
     ref_policy = AdapterDisabled(actor) if is_lora(actor) else copy.deepcopy(actor).requires_grad_(False)
     if shared_backbone: critic = None
