@@ -209,13 +209,18 @@ def test_the_saved_plot_marks_each_loss_at_its_own_start(tmp_path, monkeypatch):
 
 
 def test_a_cut_pair_keeps_one_prompt_for_both_answers():
-    "Truncation cuts the prompt once per pair (truncate_pair): both answers are scored in the same context."
+    "Truncation cuts the prompt once per pair (truncate_dpo_pair): both answers are scored in the same context."
     i = next(i for i in range(len(PAIRS)) if len(TOK(PAIRS[i]["chosen"])["input_ids"]) != len(TOK(PAIRS[i]["rejected"])["input_ids"])
              and len(TOK(PAIRS[i]["prompt"])["input_ids"]) > 8)
     n = max(len(TOK(PAIRS[i][k])["input_ids"]) for k in ("chosen", "rejected")) + 1 + 4
     b = DPOCollator(TOK, n)([PAIRS[i]])
     ctx = [b["input_ids"][r][(b["labels"][r] == -100) & (b["attention_mask"][r] == 1)].tolist() for r in (0, 1)]
-    assert ctx[0] == ctx[1] and len(ctx[0]) == 4
+    P = len(TOK(PAIRS[i]["prompt"])["input_ids"])                    # (the tiny tokenizer has no chat template)
+    assert ctx[0] == ctx[1] and min(P, n // 2) <= len(ctx[0]) < P     # cut, but never below half the window
+    full = DPOCollator(TOK, 10 ** 9)([PAIRS[i]])                       # the answers lose their ends, not their starts
+    for r in (0, 1):
+        got, whole = (x["input_ids"][r][x["labels"][r] != -100].tolist() for x in (b, full))
+        assert got == whole[:len(got)]
 
 def test_bad_input_is_refused_with_a_clear_message():
     with pytest.raises(ValueError, match="no response tokens"):
