@@ -6,7 +6,7 @@
 __all__ = ['SHOWCASE', 'ALGOS', 'SAMPLING', 'PPO_DEFAULTS', 'GRPO_DEFAULTS', 'DPO_DEFAULTS', 'RL_STAGES', 'JUDGE', 'DEMO',
            'QUICK_RUN', 'REAL_RUN', 'PipelineConfig', 'make_config', 'run_tokenizer', 'sft_eval_data', 'load_data',
            'eval_prompts', 'resolved', 'rl_settings', 'stage_settings', 'history_rows', 'run_sft', 'normalise_reward',
-           'run_reward', 'load_proxy', 'load_judge', 'run_judge', 'judges', 'rl_start_policy', 'ppo_models',
+           'run_reward', 'load_proxy', 'load_judge', 'judge_id', 'run_judge', 'judges', 'rl_start_policy', 'ppo_models',
            'read_curve', 'checkpoint_evaluator', 'answer_rows', 'run_ppo', 'grpo_config', 'run_grpo', 'run_dpo',
            'qa_probe_results', 'policy_answers', 'compare', 'qa_curve_flips', 'run_eval', 'write_summary',
            'build_summary', 'model_config', 'check_config', 'format_summary', 'run_pipeline', 'chat', 'build_parser',
@@ -31,7 +31,7 @@ from typing import Callable, Optional
 import torch
 
 from .data import get_tokenizer, hh_prompt, is_quick, load_preferences, load_prompts, load_sft
-from .evaluation import (JudgeConfig, best_of_n, load_or_train_judge, load_qa_probe, paired_flips,
+from .evaluation import (JudgeConfig, best_of_n, judge_key, load_or_train_judge, load_qa_probe, paired_flips,
                                      plot_overoptimisation, pooled_win_rate, qa_accuracy, qa_score, sample_answers,
                                      summarize_answers)
 from .plumbing import (RESUMABLE, atomic_write_text, changed_settings, context_length, peak_rss_gib,
@@ -197,6 +197,7 @@ def rl_settings(cfg: PipelineConfig) -> dict:
                   reward_norm=cfg.reward_norm, n_norm_prompts=cfg.n_norm_prompts)
     return json.loads(json.dumps(dict(algo=cfg.algo, ppo=ppo, block=block, seed=cfg.seed, data=cfg.data, prompts=cfg.prompts,
                                       max_records=cfg.max_records, n_eval_prompts=cfg.n_eval_prompts, judge=cfg.judge,
+                                      judge_key=judge_id(cfg),      # the judge itself (new code trains a new one)
                                       critic_init=cfg.critic_init if cfg.algo == "ppo" else None, lora=cfg.lora,
                                       sft_stage=_stage_hash(out / "sft"),
                                       reward_stage=_stage_hash(out / "reward"), **models), default=str))
@@ -345,6 +346,10 @@ def load_judge(cfg: PipelineConfig, log=print):
     rm.max_length = meta["max_length"]
     return rm, meta
 
+def judge_id(cfg: PipelineConfig) -> Optional[str]:
+    "The cache key of the run's gold judge (its data, settings and training code); None without a judge."
+    return None if cfg.judge is None else judge_key(load_data(cfg, "pairs", "train"), make_config(JudgeConfig, cfg.judge))
+
 def run_judge(cfg: PipelineConfig, log=print) -> Optional[dict]:
     "Stage 3: load or train (once, cached) the gold judge; write `output_dir/judge.json`."
     t0 = time.perf_counter()
@@ -367,7 +372,7 @@ def judges(cfg: PipelineConfig, tokenizer, log=print) -> dict:
 PPO_DEFAULTS = dict(learning_rate=1e-4, batch_size=32, mini_batch_size=8, ppo_epochs=4, max_new_tokens=24,
                     max_prompt_length=96, init_kl_coef=0.1, target=6.0, horizon=200, total_steps=40, save_every=5)
 
-def rl_start_policy(cfg: PipelineConfig, tok):
+def rl_start_policy(cfg: PipelineConfig, tok: "PreTrainedTokenizerBase") -> torch.nn.Module:
     "The SFT policy an RL stage starts from, with fresh LoRA adapters (if `cfg.lora`) drawn from `cfg.seed`."
     from open_chatgpt.sft import load_policy
     torch.manual_seed(cfg.seed)   # LoRA's A matrices (and a new value head after them) are random: the seed fixes the run
@@ -483,6 +488,8 @@ DPO_DEFAULTS = dict(beta=0.1, learning_rate=1e-4, batch_size=8, max_steps=40, ma
 def run_dpo(cfg: PipelineConfig, resume: bool = False, stop_after_steps: Optional[int] = None, log=print) -> dict:
     "Stage 4 with DPO: the SFT policy on the training comparisons (no reward model), evaluated at every checkpoint."
     from open_chatgpt.dpo import DPOConfig, filter_pairs, make_dpo_models, train_dpo
+    from open_chatgpt.sft import native_bf16
+    from open_chatgpt.plumbing import model_device
     from open_chatgpt.reward import check_pairs
     out, t0, stage = Path(cfg.output_dir), time.perf_counter(), Path(cfg.output_dir) / "dpo"
     tok = get_tokenizer(str(out / "sft"))
@@ -501,7 +508,9 @@ def run_dpo(cfg: PipelineConfig, resume: bool = False, stop_after_steps: Optiona
     if stop_after_steps is not None and history and history[-1]["step"] < dcfg.total_steps(len(train)):
         return dict(stopped_at=stop_after_steps)
     with stage_dir(stage / "policy") as d: _save_model(policy, tok, d)
-    _stage_json(stage, "dpo", t0, steps=len(history), config=asdict(dcfg), settings=rl_settings(cfg))
+    bf16 = dcfg.cpu_bf16 and model_device(policy).type == "cpu" and native_bf16(model_device(policy))   # dpo_autocast's rule
+    _stage_json(stage, "dpo", t0, steps=len(history), config=asdict(dcfg), settings=rl_settings(cfg),
+                precision="bfloat16" if bf16 else "float32")                   # what the steps ran in on this machine
     return dict(steps=len(history), seconds=time.perf_counter() - t0)
 
 RL_STAGES = dict(ppo=run_ppo, grpo=run_grpo, rloo=run_grpo, dpo=run_dpo)   # algo -> stage function
@@ -523,7 +532,7 @@ def qa_probe_results(cfg: PipelineConfig, final_policy, tok, gen: PPOConfig, log
     for name, path in (("base", cfg.model), ("sft", str(out / "sft")), ("rl", None)):
         if name == "base" and path is None: continue
         parts = [cfg.model if name == "base" else _stage_info(out / "sft"), items, gen.max_new_tokens, gen.max_prompt_length]
-        if _sampling_dtype(gen) != "float32": parts.append(_sampling_dtype(gen))
+        # (no precision: the probe answers in fp32 whatever the run samples in, chapter 7; a bf16 key is never reused)
         key = hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
         if name != "rl" and (old.get(name) or {}).get("key") == key:          # the same greedy answers: score them again
             res[name] = dict(old[name], **qa_score(old[name]["answers"], items), reused=True); continue
@@ -558,7 +567,7 @@ def _answers_key(cfg: PipelineConfig, name: str, n: int, gen: PPOConfig) -> str:
     out = Path(cfg.output_dir)
     parts = [name, cfg.model if name == "base" else _stage_info(out / "sft"), eval_prompts(cfg), n, cfg.seed, cfg.showcase,
              {k: getattr(gen, k) for k in ("max_new_tokens", "max_prompt_length", "temperature", "top_k", "top_p")},
-             _stage_info(out / "reward"), cfg.judge]
+             _stage_info(out / "reward"), cfg.judge, judge_id(cfg)]      # the gold scores stored with them: which judge
     if _sampling_dtype(gen) != "float32": parts.append(_sampling_dtype(gen))   # (fp32 keys stay those of older runs)
     if gen.sampler != "multinomial": parts.append(gen.sampler)                  # (as do the keys of multinomial draws)
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()

@@ -143,6 +143,7 @@ def test_every_algo_on_the_same_run_and_the_comparison_table(done, tmp_path):
     dpo_rows = read_metrics(run / "dpo" / "metrics.jsonl")       # step 1 starts at the SFT policy = the reference:
     assert abs(dpo_rows[0]["loss"] - math.log(2)) < 1e-5 and abs(dpo_rows[0]["rewards/margins"]) < 1e-6
     assert dpo_rows[-1]["eval_rewards/accuracies"] is not None
+    assert json.loads((run / "dpo" / "stage.json").read_text())["precision"] in ("float32", "bfloat16")  # as SFT's
     for algo in ("grpo", "rloo"):                                # sampled from the reference itself: KL exactly 0
         assert abs(read_metrics(run / algo / "metrics.jsonl")[0]["objective/kl"]) < 1e-5
     assert before == {p: p.stat().st_mtime_ns for d in ("sft", "reward") for p in (run / d).rglob("*") if p.is_file()}
@@ -397,7 +398,7 @@ def test_sampling_precision_keys_the_answers_and_guards_the_evaluation(tmp_path,
 
 
 def test_sampler_keys_the_answers_and_reaches_grpo(tmp_path):
-    "The sampler is part of an evaluation's answer key (multinomial keys stay those of older runs) and of GRPO's config."
+    "The sampler is part of an evaluation's answer key (multinomial draws add nothing to the key) and of GRPO's config."
     import open_chatgpt.pipeline as pl
     from open_chatgpt.ppo import PPOConfig
     cfg = PipelineConfig(output_dir=str(tmp_path), n_eval_prompts=2)
@@ -405,7 +406,7 @@ def test_sampler_keys_the_answers_and_reaches_grpo(tmp_path):
     assert keys["inverse_cdf"] != keys["multinomial"]
     parts = ["sft", pl._stage_info(tmp_path / "sft"), pl.eval_prompts(cfg), 2, cfg.seed, cfg.showcase,   # the older key
              {k: getattr(PPOConfig(), k) for k in ("max_new_tokens", "max_prompt_length", "temperature", "top_k", "top_p")},
-             pl._stage_info(tmp_path / "reward"), cfg.judge]
+             pl._stage_info(tmp_path / "reward"), cfg.judge, pl.judge_id(cfg)]   # (+ the judge's own key, since then)
     assert keys["multinomial"] == pl.hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
     for algo in ("grpo", "rloo"):
         for s in ("inverse_cdf", "multinomial"):
@@ -491,6 +492,7 @@ def test_qa_curve_end_to_end_through_the_training_loop(tmp_path):
     assert last["answers"] and isinstance(last["answers"][0], str)
     rl = json.loads((out / "eval" / "qa-probe.json").read_text())["policies"]["rl"]   # the saved final policy, reloaded
     assert rl["answers"] == last["answers"]                                  # the checkpoint probe asked the same weights
+    assert rl["dtype"] == last["dtype"] == "float32"                         # in fp32 (chapter 7), whatever the sampling
 
 
 def test_the_seed_fixes_every_rl_stage_with_lora(tmp_path):
@@ -506,3 +508,14 @@ def test_the_seed_fixes_every_rl_stage_with_lora(tmp_path):
             assert main(["ppo", "-o", str(d), *TOY, *lora, "--algo", algo, "--ppo-steps", "2"]) == 0
             runs.append([{k: v for k, v in r.items() if "time" not in k} for r in read_metrics(d / algo / "metrics.jsonl")])
         assert len(runs[0]) == 2 and runs[0] == runs[1], algo
+
+def test_the_answers_and_rl_stages_name_their_gold_judge(tmp_path, monkeypatch):
+    "New judge code trains a new judge: saved SFT answers (with the old judge's gold scores) and RL stages are not reused."
+    import open_chatgpt.evaluation as ev, open_chatgpt.pipeline as pl
+    cfg = PipelineConfig(output_dir=str(tmp_path), **{k: v for k, v in QUICK_RUN.items() if k != "ppo"})
+    gen = pl.make_config(pl.PPOConfig, cfg.ppo, **pl.PPO_DEFAULTS)
+    before = pl._answers_key(cfg, "sft", 4, gen), pl.rl_settings(cfg)
+    assert pl._answers_key(cfg, "sft", 4, gen) == before[0]                       # the key is stable
+    monkeypatch.setattr(ev, "code_fingerprint", lambda names=ev.JUDGE_CODE: "a fixed judge")   # what a fix to the
+    assert pl._answers_key(cfg, "sft", 4, gen) != before[0]                       # judge's training code does to its key
+    assert pl.changed_settings(before[1], pl.rl_settings(cfg), free=()) == ["judge_key"]
