@@ -290,8 +290,9 @@ def load_qa_probe(path=None) -> list[dict]:
 
 def qa_correct(answer: str, accepted: Sequence[str]) -> bool:
     "Whether `answer` contains one of the `accepted` answers as a whole word or number (case-insensitive)."
-    # not inside a word, and not part of a longer number: "0" is not in "-18.0", "25" not in "125" or "25.5"
-    return any(re.search(rf"(?<![\w.,]){re.escape(a.strip())}(?!\w|[.,]\d)", answer, re.IGNORECASE) for a in accepted)
+    # not inside a word, a hyphenated word or a longer number: "0" is not in "-18.0", "25" not in "125" or "25.5",
+    # "four" not in "twenty-four", "32" not in "-32"
+    return any(re.search(rf"(?<![\w.,-]){re.escape(a.strip())}(?!\w|[.,]\d|-\w)", answer, re.IGNORECASE) for a in accepted)
 
 # %% ../nbs/07_evaluation.ipynb #ba3061b1
 def paired_flips(a: Sequence[bool], b: Sequence[bool]) -> dict:
