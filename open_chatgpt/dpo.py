@@ -37,9 +37,10 @@ from .sft import IGNORE_INDEX, make_optimizer, make_scheduler, micro_batch_indic
 def truncate_dpo_pair(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int], max_length: int,
                       max_prompt_length: Optional[int] = None) -> tuple[list[int], list[int], list[int]]:
     "Cut a pair to `max_length` tokens a row: the shared prompt from the left (to no fewer than `max_prompt_length`), then both answers' ends."
+    if max_length < 2: raise ValueError(f"max_length must be >= 2 (a prompt token and an answer token), got {max_length}")
     keep = max_length // 2 if max_prompt_length is None else max_prompt_length
-    if not 0 <= keep < max_length:
-        raise ValueError(f"max_prompt_length must be in [0, max_length={max_length}), got {keep}: the answers need room")
+    if not 1 <= keep < max_length:
+        raise ValueError(f"max_prompt_length must be in [1, max_length={max_length}): a question token and room for the answers; got {keep}")
     excess = len(prompt_ids) + max(len(chosen_ids), len(rejected_ids)) - max_length
     if excess <= 0: return prompt_ids, chosen_ids, rejected_ids
     p = prompt_ids[min(excess, max(len(prompt_ids) - keep, 0)):]  # the oldest turns go first, never the whole question
@@ -181,7 +182,7 @@ class DPOConfig:
     grad_accum: int = 1                  # micro-batches per optimiser step
     epochs: float = 1                    # passes over the pairs (ignored when max_steps is set)
     max_steps: Optional[int] = None      # optimiser steps; overrides epochs
-    max_length: int = 256                # tokens per sequence (prompt cut from the left first)
+    max_length: int = 256                # tokens per sequence (`truncate_dpo_pair`: the prompt's start, then the answers' ends)
     warmup: float = 0.1                  # linear warm-up: a fraction of the steps if < 1, else a number of steps
     lr_schedule: str = "linear"          # after warm-up: 'linear' (to 0, as TRL), 'cosine' or 'constant'
     weight_decay: float = 0.0            # AdamW weight decay on matrices

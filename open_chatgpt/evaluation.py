@@ -186,7 +186,7 @@ def pairs_fingerprint(pairs) -> str:
 # the code a judge's training runs: a change to any of it (a fix; a comment too) must not reuse a judge the old code
 # trained. What `load_or_train_judge` calls, and what they call, down to torch and transformers
 JUDGE_CODE = tuple(f"open_chatgpt.{n}" for n in (
-    "evaluation:load_or_train_judge", "evaluation:_new_judge", "evaluation:_eval_meta", "evaluation:JudgeConfig",
+    "evaluation:load_or_train_judge", "evaluation:_new_judge", "evaluation:JudgeConfig",
     "models:truncate_layers", "models:resolve_model", "models:hidden_size", "models:model_inputs",
     "models:position_ids_from_mask", "models:last_token_index", "data:PairwiseCollator", "data:format_prompt",
     "data:format_response", "data:uses_chat_template", "reward:RewardModel", "reward:RewardConfig", "reward:_is_encoder",
@@ -196,11 +196,11 @@ JUDGE_CODE = tuple(f"open_chatgpt.{n}" for n in (
     "reward:fit_reward_head", "reward:reward_features", "reward:fit_pairwise_logistic", "reward:reward_text",
     "reward:reward_input", "reward:_from_pretrained", "reward:_save_pretrained",
     "sft:_causal_lm_problem", "sft:tiny_policy", "data:get_tokenizer", "data:encode_comparison", "data:_encode_pair",
-    "data:_encode", "data:truncate_pair", "data:truncate_left"))
+    "data:_encode", "data:truncate_pair", "data:truncate_left", "data:_pad", "models:accepts_position_ids"))
 # the code that measures the held-out accuracy a judge reports: a change re-measures a cached judge (no new training)
 JUDGE_EVAL_CODE = tuple(f"open_chatgpt.{n}" for n in (
-    "evaluation:_eval_meta", "reward:evaluate_reward", "reward:margin_accuracy", "reward:wilson_interval",
-    "data:PairwiseCollator", "reward:prepare_reward_tokenizer"))
+    "evaluation:_eval_meta", "reward:evaluate_reward", "reward:margin_accuracy", "reward:wilson_interval"))
+# (the collator and the model's forward are in JUDGE_CODE: a change there trains a new judge, which is measured anew)
 
 def code_fingerprint(names: Sequence[str] = JUDGE_CODE) -> str:
     "A sha1 of the source of `module:name` objects (the package's version where the source cannot be read)."

@@ -372,7 +372,7 @@ def judges(cfg: PipelineConfig, tokenizer, log=print) -> dict:
 PPO_DEFAULTS = dict(learning_rate=1e-4, batch_size=32, mini_batch_size=8, ppo_epochs=4, max_new_tokens=24,
                     max_prompt_length=96, init_kl_coef=0.1, target=6.0, horizon=200, total_steps=40, save_every=5)
 
-def rl_start_policy(cfg: PipelineConfig, tok: "PreTrainedTokenizerBase") -> torch.nn.Module:
+def rl_start_policy(cfg: PipelineConfig, tok) -> torch.nn.Module:
     "The SFT policy an RL stage starts from, with fresh LoRA adapters (if `cfg.lora`) drawn from `cfg.seed`."
     from open_chatgpt.sft import load_policy
     torch.manual_seed(cfg.seed)   # LoRA's A matrices (and a new value head after them) are random: the seed fixes the run
@@ -495,8 +495,8 @@ def run_dpo(cfg: PipelineConfig, resume: bool = False, stop_after_steps: Optiona
     tok = get_tokenizer(str(out / "sft"))
     dcfg = make_config(DPOConfig, cfg.dpo, **{**DPO_DEFAULTS, "seed": cfg.seed, "output_dir": str(stage)})
     policy, ref = make_dpo_models(rl_start_policy(cfg, tok), tok)
-    # pairs that fit untruncated (DPOCollator would cut a long pair's prompt once, for both answers, but an answer to
-    # a half-read question teaches little)
+    # pairs that fit untruncated (DPOCollator would cut a long pair's prompt and then both answers' ends, but an answer
+    # to a half-read question, or half an answer, teaches little)
     train = filter_pairs(check_pairs(load_data(cfg, "pairs", "train"), "train pairs", drop_identical=True), tok, dcfg.max_length)
     eval_pairs = filter_pairs(load_data(cfg, "pairs", "test"), tok, dcfg.max_length)
     eval_pairs = eval_pairs.select(range(min(cfg.n_eval_prompts, len(eval_pairs))))
@@ -568,8 +568,8 @@ def _answers_key(cfg: PipelineConfig, name: str, n: int, gen: PPOConfig) -> str:
     parts = [name, cfg.model if name == "base" else _stage_info(out / "sft"), eval_prompts(cfg), n, cfg.seed, cfg.showcase,
              {k: getattr(gen, k) for k in ("max_new_tokens", "max_prompt_length", "temperature", "top_k", "top_p")},
              _stage_info(out / "reward"), cfg.judge, judge_id(cfg)]      # the gold scores stored with them: which judge
-    if _sampling_dtype(gen) != "float32": parts.append(_sampling_dtype(gen))   # (fp32 keys stay those of older runs)
-    if gen.sampler != "multinomial": parts.append(gen.sampler)                  # (as do the keys of multinomial draws)
+    if _sampling_dtype(gen) != "float32": parts.append(_sampling_dtype(gen))   # (each added where it is not the old
+    if gen.sampler != "multinomial": parts.append(gen.sampler)                  # default; the judge's key above is new)
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 def _load_answers(d: Path, name: str, key: str) -> Optional[dict]:

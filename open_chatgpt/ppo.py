@@ -39,8 +39,8 @@ from .models import (accepts_position_ids, hidden_size, is_lora, model_inputs, p
 from .reward import reward_input
 from .sft import is_checkpointing, native_bf16, switch_checkpointing
 from .plumbing import (append_metrics, atomic_save, atomic_write_text, context_length, model_device,
-                                   open_run, read_metrics, rng_devices, rng_state, save_figure, seed_everything,
-                                   set_rng_state, write_csv)
+                                   open_run, read_metrics, rng_state, save_figure, seed_everything, set_rng_state,
+                                   write_csv)
 from .ppo_core import (KL_ESTIMATORS, AdaptiveKLController, FixedKLController, compute_gae,
                                    compute_rewards, entropy_from_logits, kl_penalty, logprobs_from_logits, masked_mean,
                                    masked_whiten, ppo_policy_loss, ppo_value_loss)
@@ -253,8 +253,9 @@ def fresh_lora(model, seed: int = 0):
     from peft import get_peft_model
     cfg = copy.deepcopy(model.peft_config[model.active_adapter])
     cfg.init_lora_weights, cfg.inference_mode = True, False           # new adapters start at zero and train
-    with torch.random.fork_rng(devices=rng_devices(model)):           # A is random: a run's seed must fix it, and
-        torch.manual_seed(seed)                                       # the caller's RNG is left as it was
+    with torch.random.fork_rng(devices=[]):                           # A is random: a run's seed must fix it, and the
+        torch.random.default_generator.manual_seed(seed)              # caller's RNG is left as it was (peft draws A on
+                                                                      # the CPU, then moves it; no GPU state touched)
         return get_peft_model(copy.deepcopy(model).merge_and_unload(), cfg)
 
 # %% ../nbs/06_ppo.ipynb #6fa7ab4c
