@@ -377,13 +377,13 @@ def _encode_pair(tokenizer, prompt: str, response: str, chat: bool) -> tuple[lis
     return (_encode(tokenizer, format_prompt(tokenizer, prompt, chat)),
             _encode(tokenizer, format_response(response, chat)) + [tokenizer.eos_token_id])
 
-def encode_comparison(tokenizer, record: dict, chat: bool, max_length: int,
-                      with_prompt: bool = True) -> tuple[list[int], list[int], list[int], bool]:
+def encode_comparison(tokenizer, record: dict, chat: bool, max_length: int, with_prompt: bool = True,
+                      truncate: Callable = truncate_pair) -> tuple[list[int], list[int], list[int], bool]:
     "Ids of a comparison's prompt, chosen and rejected response (+ eos), cut with one shared prompt; and whether it was cut."
     p, c = _encode_pair(tokenizer, record["prompt"], record["chosen"], chat)
     j = _encode_pair(tokenizer, record["prompt"], record["rejected"], chat)[1]
     p = p if with_prompt else []                       # a response-only reward model reads the answers alone
-    p2, c2, j2 = truncate_pair(p, c, j, max_length)
+    p2, c2, j2 = truncate(p, c, j, max_length)       # `truncate_pair`; DPO cuts its own way (chapter 8)
     return p2, c2, j2, (len(p2), len(c2), len(j2)) != (len(p), len(c), len(j))
 
 # %% ../nbs/01_data.ipynb #96a1a960

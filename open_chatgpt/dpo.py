@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['LOSS_TYPES', 'truncate_dpo_pair', 'DPOCollator', 'get_batch_logps', 'concatenated_forward', 'dpo_loss',
-           'get_batch_loss_metrics', 'make_dpo_models', 'DPOConfig', 'dpo_autocast', 'pair_logps', 'reference_logps',
-           'evaluate_dpo', 'sampled_kl', 'save_dpo_checkpoint', 'load_dpo_checkpoint', 'train_dpo', 'plot_dpo',
-           'filter_pairs']
+           'get_batch_loss_metrics', 'make_dpo_models', 'DPOConfig', 'dpo_bf16', 'dpo_autocast', 'pair_logps',
+           'reference_logps', 'evaluate_dpo', 'sampled_kl', 'save_dpo_checkpoint', 'load_dpo_checkpoint', 'train_dpo',
+           'plot_dpo', 'filter_pairs']
 
 # %% ../nbs/08_dpo.ipynb #f690d496
 import copy
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import SFTCollator, _encode_pair, _pad, uses_chat_template
+from .data import SFTCollator, _pad, encode_comparison, uses_chat_template
 from .models import is_lora, model_inputs, prepare_model, prepare_tokenizer
 from .plumbing import (append_metrics, atomic_save, atomic_write_text, context_length, model_device,
                                    open_run, read_metrics, rng_devices, rng_state, save_figure, seed_everything,
@@ -59,11 +59,9 @@ class DPOCollator:
         chat, chosen, rejected = uses_chat_template(self.tokenizer, self.chat), [], []
         self.n_truncated = 0                                                   # pairs cut to fit max_length
         for r in records:
-            p, c = _encode_pair(self.tokenizer, r["prompt"], r["chosen"], chat)
-            j = _encode_pair(self.tokenizer, r["prompt"], r["rejected"], chat)[1]
-            p2, c2, j2 = truncate_dpo_pair(p, c, j, self.max_length, self.max_prompt_length)   # one prompt for both
-            self.n_truncated += (len(p2), len(c2), len(j2)) != (len(p), len(c), len(j))
-            p, c, j = p2, c2, j2
+            p, c, j, cut = encode_comparison(self.tokenizer, r, chat, self.max_length, truncate=lambda *a:
+                                             truncate_dpo_pair(*a, max_prompt_length=self.max_prompt_length))
+            self.n_truncated += cut                                            # one prompt cut for both answers
             chosen.append((p, c)); rejected.append((p, j))
         rows = chosen + rejected                                               # chosen rows first
         input_ids, attention_mask = _pad([p + y for p, y in rows], self.tokenizer.pad_token_id)
@@ -230,11 +228,14 @@ def _pair_order(pairs, collate) -> list[int]:
     n = [int(collate([pairs[i]])["attention_mask"].sum(1).max()) for i in range(len(pairs))]
     return sorted(range(len(pairs)), key=lambda i: n[i])
 
-def dpo_autocast(model, config: DPOConfig):
-    "bf16 autocast if `config.cpu_bf16` and `model` sits on a CPU with native bf16 (Appendix); else a no-op context."
+def dpo_bf16(model, config: DPOConfig) -> bool:
+    "Whether DPO's forward passes run in bf16: `config.cpu_bf16` and `model` on a CPU with native bf16 (Appendix)."
     device = model_device(model)
-    return torch.autocast("cpu", dtype=torch.bfloat16,
-                          enabled=config.cpu_bf16 and device.type == "cpu" and native_bf16(device))
+    return config.cpu_bf16 and device.type == "cpu" and native_bf16(device)
+
+def dpo_autocast(model, config: DPOConfig):
+    "bf16 autocast where `dpo_bf16` says so; else a no-op context."
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=dpo_bf16(model, config))
 
 @torch.no_grad()
 def pair_logps(model, tokenizer, pairs, config: DPOConfig) -> tuple[torch.Tensor, torch.Tensor]:

@@ -487,9 +487,7 @@ DPO_DEFAULTS = dict(beta=0.1, learning_rate=1e-4, batch_size=8, max_steps=40, ma
 
 def run_dpo(cfg: PipelineConfig, resume: bool = False, stop_after_steps: Optional[int] = None, log=print) -> dict:
     "Stage 4 with DPO: the SFT policy on the training comparisons (no reward model), evaluated at every checkpoint."
-    from open_chatgpt.dpo import DPOConfig, filter_pairs, make_dpo_models, train_dpo
-    from open_chatgpt.sft import native_bf16
-    from open_chatgpt.plumbing import model_device
+    from open_chatgpt.dpo import DPOConfig, dpo_bf16, filter_pairs, make_dpo_models, train_dpo
     from open_chatgpt.reward import check_pairs
     out, t0, stage = Path(cfg.output_dir), time.perf_counter(), Path(cfg.output_dir) / "dpo"
     tok = get_tokenizer(str(out / "sft"))
@@ -508,9 +506,8 @@ def run_dpo(cfg: PipelineConfig, resume: bool = False, stop_after_steps: Optiona
     if stop_after_steps is not None and history and history[-1]["step"] < dcfg.total_steps(len(train)):
         return dict(stopped_at=stop_after_steps)
     with stage_dir(stage / "policy") as d: _save_model(policy, tok, d)
-    bf16 = dcfg.cpu_bf16 and model_device(policy).type == "cpu" and native_bf16(model_device(policy))   # dpo_autocast's rule
     _stage_json(stage, "dpo", t0, steps=len(history), config=asdict(dcfg), settings=rl_settings(cfg),
-                precision="bfloat16" if bf16 else "float32")                   # what the steps ran in on this machine
+                precision="bfloat16" if dpo_bf16(policy, dcfg) else "float32")   # what the steps ran in on this machine
     return dict(steps=len(history), seconds=time.perf_counter() - t0)
 
 RL_STAGES = dict(ppo=run_ppo, grpo=run_grpo, rloo=run_grpo, dpo=run_dpo)   # algo -> stage function
