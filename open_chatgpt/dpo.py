@@ -28,7 +28,7 @@ from .models import is_lora, model_inputs, prepare_model, prepare_tokenizer
 from .plumbing import (append_metrics, atomic_save, atomic_write_text, context_length, model_device,
                                    open_run, read_metrics, rng_devices, rng_state, save_figure, seed_everything,
                                    set_rng_state, write_csv)
-from .ppo import AdapterDisabled, disable_dropout, fresh_lora, lora_trained
+from .ppo import AdapterDisabled, check_no_dropout, disable_dropout, fresh_lora, lora_trained
 from .ppo_core import logprobs_from_logits
 from .reward import check_pairs, wilson_interval
 from .sft import IGNORE_INDEX, make_optimizer, make_scheduler, micro_batch_indices, native_bf16
@@ -326,18 +326,21 @@ def _dpo_step(policy, ref_policy, train_pairs, collate, optimizer, scheduler, st
     "Optimiser step `step` (from 1): forward and backward over its `grad_accum` micro-batches, clip, step; its row."
     t0 = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
-    rows = []
-    for k in range((step - 1) * c.grad_accum, step * c.grad_accum):
-        batch = collate([train_pairs[i] for i in micro_batch_indices(k, len(train_pairs), c.batch_size, c.seed)])
+    micro = [micro_batch_indices(k, len(train_pairs), c.batch_size, c.seed)
+             for k in range((step - 1) * c.grad_accum, step * c.grad_accum)]
+    n, rows = sum(len(ix) for ix in micro), []                          # the step's pairs
+    for ix in micro:
+        batch = collate([train_pairs[i] for i in ix])
         with dpo_autocast(policy, c):                                       # bf16 only if asked for (Appendix)
             loss, metrics = get_batch_loss_metrics(policy, ref_policy, batch, c.beta, c.loss_type, c.label_smoothing,
                                                    c.use_average_log_prob)
-        (loss / c.grad_accum).backward()
-        rows.append({"loss": loss.item(), **metrics})
+        w = len(ix) / n                                                     # this micro-batch's share of the step
+        (loss * w).backward()
+        rows.append({"loss": loss.item() * w, **{k: v * w for k, v in metrics.items()}})
     grad_norm = nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.requires_grad], c.max_grad_norm or float("inf"))
     lr = scheduler.get_last_lr()[0]
     optimizer.step(); scheduler.step()
-    return {"step": step, **{k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}, "grad_norm": float(grad_norm),
+    return {"step": step, **{k: sum(r[k] for r in rows) for k in rows[0]}, "grad_norm": float(grad_norm),
             "learning_rate": lr, "time/step": time.perf_counter() - t0}
 
 # %% ../nbs/08_dpo.ipynb #f1fc6168
@@ -364,6 +367,7 @@ def train_dpo(
 ) -> list[dict]:
     "Train `policy` with the DPO (or IPO) loss; log statistics per step, evaluate, checkpoint; return the history."
     c = config or DPOConfig()
+    check_no_dropout(policy, "train_dpo")                  # make_dpo_models turned it off (chapter 6)
     train_pairs, eval_pairs = _check_dpo_data(policy, train_pairs, eval_pairs, c)
     collate, total = DPOCollator(prepare_tokenizer(tokenizer), c.max_length), c.total_steps(len(train_pairs))
     optimizer = make_optimizer(policy, c); scheduler = make_scheduler(optimizer, c, total)   # chapter 3's

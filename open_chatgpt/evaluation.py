@@ -110,7 +110,7 @@ def sample_answers(
 
 # %% ../nbs/07_evaluation.ipynb #0b8364e5
 def summarize_answers(ans: dict) -> dict:
-    "Mean score per judge, KL and sqrt(KL), length and end-of-turn share of `sample_answers`' output."
+    "Mean score per judge, KL and sqrt(KL), length (tokens, its end-of-turn token included) and end-of-turn share."
     row = {k: float(v.mean()) for k, v in ans["scores"].items()}
     if ans["kl"] is not None:
         kl = float(ans["kl"].mean())
@@ -129,6 +129,11 @@ def best_of_n(proxy: torch.Tensor, gold: torch.Tensor, ns: Sequence[int] = (1, 2
     P, N = proxy.shape
     order = proxy.double().argsort(dim=1, stable=True)                     # (P, N) ascending proxy score
     sorted_proxy, sorted_gold = proxy.double().gather(1, order), gold.double().gather(1, order)
+    new = torch.ones_like(sorted_proxy, dtype=torch.bool); new[:, 1:] = sorted_proxy[:, 1:] != sorted_proxy[:, :-1]
+    tie = new.long().cumsum(1) - 1                                          # (P, N) tie group of each sorted answer
+    total = torch.zeros_like(sorted_gold).scatter_add_(1, tie, sorted_gold)
+    count = torch.zeros_like(sorted_gold).scatter_add_(1, tie, torch.ones_like(sorted_gold))
+    sorted_gold = (total / count.clamp(min=1)).gather(1, tie)               # tied answers share their mean gold
     rows = []
     for n in ns:
         if not 1 <= n <= N: raise ValueError(f"best-of-{n} needs at least {n} answers per prompt, got {N}")
@@ -196,7 +201,8 @@ JUDGE_CODE = tuple(f"open_chatgpt.{n}" for n in (
     "reward:fit_reward_head", "reward:reward_features", "reward:fit_pairwise_logistic", "reward:reward_text",
     "reward:reward_input", "reward:_from_pretrained", "reward:_save_pretrained",
     "sft:_causal_lm_problem", "sft:tiny_policy", "data:get_tokenizer", "data:encode_comparison", "data:_encode_pair",
-    "data:_encode", "data:truncate_pair", "data:truncate_left", "data:_pad", "models:accepts_position_ids"))
+    "data:_encode", "data:truncate_pair", "data:truncate_left", "data:_pad", "models:accepts_position_ids",
+    "data:hh_to_chat", "data:hh_turns"))
 # the code that measures the held-out accuracy a judge reports: a change re-measures a cached judge (no new training)
 JUDGE_EVAL_CODE = tuple(f"open_chatgpt.{n}" for n in (
     "evaluation:_eval_meta", "reward:evaluate_reward", "reward:margin_accuracy", "reward:wilson_interval"))

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .plumbing import (append_metrics, atomic_save, atomic_write_text, context_length, open_run,
                                    read_metrics, rng_state, seed_everything, set_rng_state, write_csv)
-from .ppo import (check_checkpointing, check_generation_dtype, check_sampler, checkpointing, forward_in_order, forward_logprobs_values,
+from .ppo import (check_checkpointing, check_no_dropout, check_generation_dtype, check_sampler, checkpointing, forward_in_order, forward_logprobs_values,
                               make_ppo_models, plot_reward_kl, prompt_batch, reused_rows, rollout, score)
 from .ppo_core import MAX_LOG_RATIO, _as_mask, _check_same_shape, _require_tokens, kl_penalty, masked_mean
 
@@ -375,6 +375,7 @@ def train_grpo(
     "Run GRPO / Dr. GRPO / RLOO for `config.total_steps` steps; log and checkpoint to `config.output_dir`; return the history."
     c, prompts = config.validate(context_length(policy)), list(prompts)
     if not prompts: raise ValueError("no prompts to train on")
+    check_no_dropout(policy, "train_grpo")                                     # make_grpo_models turned it off
     if c.gradient_checkpointing: check_checkpointing(policy)                  # fail now, not after the first rollout
     optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=c.learning_rate)
     seed_everything(c.seed)

@@ -4,16 +4,16 @@
 
 # %% auto #0
 __all__ = ['GENERATION_DTYPES', 'SAMPLERS', 'DROPOUT_FIELDS', 'MINIBATCH_STATS', 'DIALS', 'PPOConfig', 'check_sampler',
-           'check_generation_dtype', 'disable_dropout', 'has_dropout', 'value_head', 'Critic', 'reward_critic_problem',
-           'PolicyAndValue', 'AdapterDisabled', 'lora_trained', 'fresh_lora', 'make_ppo_models', 'truncate_after_eos',
-           'sample_next', 'inverse_cdf_sample', 'logits_to_keep_kw', 'cache_kw', 'sample_tokens', 'unique_prompts',
-           'resolve_generation_dtype', 'generation_autocast', 'rollout', 'same_tokenizer', 'reward_model_fn',
-           'sentiment_reward_fn', 'takes_batch', 'score', 'forward_logprobs_values', 'batched_forward',
-           'forward_in_order', 'reused_rows', 'old_logprobs_values', 'advantages_and_returns', 'kl_per_response',
-           'ppo_minibatch_loss', 'hf_models', 'check_checkpointing', 'set_checkpointing', 'checkpointing',
-           'ppo_minibatch_backward', 'ppo_update', 'mean_stats', 'ppo_step', 'prompt_batch', 'RunningMoments',
-           'scale_scores', 'make_kl_controller', 'stats_row', 'train_ppo', 'evaluate_policy', 'plot_reward_kl',
-           'plot_dials']
+           'check_generation_dtype', 'disable_dropout', 'has_dropout', 'check_no_dropout', 'value_head', 'Critic',
+           'reward_critic_problem', 'PolicyAndValue', 'AdapterDisabled', 'lora_trained', 'fresh_lora',
+           'make_ppo_models', 'truncate_after_eos', 'sample_next', 'inverse_cdf_sample', 'logits_to_keep_kw',
+           'cache_kw', 'sample_tokens', 'unique_prompts', 'resolve_generation_dtype', 'generation_autocast', 'rollout',
+           'same_tokenizer', 'reward_model_fn', 'sentiment_reward_fn', 'takes_batch', 'score',
+           'forward_logprobs_values', 'batched_forward', 'forward_in_order', 'reused_rows', 'old_logprobs_values',
+           'advantages_and_returns', 'kl_per_response', 'ppo_minibatch_loss', 'hf_models', 'check_checkpointing',
+           'set_checkpointing', 'checkpointing', 'ppo_minibatch_backward', 'ppo_update', 'mean_stats', 'ppo_step',
+           'prompt_batch', 'RunningMoments', 'scale_scores', 'make_kl_controller', 'stats_row', 'train_ppo',
+           'evaluate_policy', 'plot_reward_kl', 'plot_dials']
 
 # %% ../nbs/06_ppo.ipynb #51191a9d
 import contextlib
@@ -152,11 +152,21 @@ def disable_dropout(model: nn.Module) -> nn.Module:
             if isinstance(v, float) and ("dropout" in k or "pdrop" in k): setattr(m, k, 0.0)
     return model
 
+def _dropout_on(m: nn.Module) -> bool:
+    return (isinstance(m, nn.Dropout) and m.p > 0) or \
+           any(isinstance(v, float) and v > 0 and ("dropout" in k or "pdrop" in k) for k, v in vars(m).items())
+
 def has_dropout(model: nn.Module) -> bool:
     "Whether any dropout that `disable_dropout` zeroes is still on in `model`."
-    return any((isinstance(m, nn.Dropout) and m.p > 0) or
-               any(isinstance(v, float) and v > 0 and ("dropout" in k or "pdrop" in k) for k, v in vars(m).items())
-               for m in model.modules())
+    return any(_dropout_on(m) for m in model.modules())
+
+def check_no_dropout(model: nn.Module, trainer: str) -> None:
+    "A ValueError naming the dropout still on in `model`: the RL trainers need every forward pass to be deterministic."
+    on = [n or type(m).__name__ for n, m in model.named_modules() if _dropout_on(m)]
+    if on: raise ValueError(
+        f"{trainer}: dropout is on in the policy ({on[0]}{f' and {len(on) - 1} more' if len(on) > 1 else ''}); the old and "
+        "new log-probs must agree before the first update and the reference must not be a random sub-network. Build the "
+        "models with make_ppo_models / make_grpo_models / make_dpo_models, or call disable_dropout(policy) first")
 
 # %% ../nbs/06_ppo.ipynb #b83db959
 def value_head(hidden: int) -> nn.Linear:
@@ -829,6 +839,7 @@ def train_ppo(
 ) -> list[dict]:
     "Run PPO for `config.total_steps` steps; log stats per step and checkpoint to `config.output_dir`; return the history."
     c = config.validate(context_length(model.policy))
+    check_no_dropout(model, "train_ppo")                                       # make_ppo_models turned it off
     if c.gradient_checkpointing: check_checkpointing(model)                    # fail now, not after the first rollout
     prompts = list(prompts)
     if not prompts: raise ValueError("no prompts to train on")
