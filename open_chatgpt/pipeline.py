@@ -404,11 +404,11 @@ def read_curve(path) -> list[dict]:
     return sorted({r["step"]: r for r in read_metrics(path)}.values(), key=lambda r: r["step"])
 
 # where each policy's held-out answers draw their random numbers (added to cfg.seed). Every checkpoint answers with the
-# same numbers, so the curve's points differ by the policy, not by the draw. The base model's one answer per prompt sits
-# in the same rows of the same batches as a checkpoint's, so with the same numbers a policy near the base model would
-# repeat its tokens and the RL-vs-base win rate would compare linked answers, not independent ones: it draws its own.
-# (The SFT policy's n answers per prompt fill the batches in another order: no row meets a checkpoint's prompt.)
-ANSWER_SEEDS = dict(checkpoint=4321, sft=4321, base=8765)
+# same numbers, so the curve's points differ by the policy, not by the draw. The base model's and the SFT policy's
+# answers are compared with a checkpoint's: one answer per prompt sits in the same rows of the same batches, so with the
+# same numbers a policy near them would repeat their tokens and a win rate would compare linked answers, not
+# independent ones. Each draws its own.
+ANSWER_SEEDS = dict(checkpoint=4321, sft=6543, base=8765)
 
 def answer_seed(cfg: PipelineConfig, who: str) -> int:
     "The seed of the evaluation answers of `who`: 'checkpoint', 'sft' or 'base'."
@@ -578,7 +578,7 @@ def _answers_key(cfg: PipelineConfig, name: str, n: int, gen: PPOConfig) -> str:
              _stage_info(out / "reward"), cfg.judge, judge_id(cfg)]      # the gold scores stored with them: which judge
     if _sampling_dtype(gen) != "float32": parts.append(_sampling_dtype(gen))   # (each added where it is not the old
     if gen.sampler != "multinomial": parts.append(gen.sampler)                  # default; the judge's key above is new)
-    if answer_seed(cfg, name) != cfg.seed + 4321: parts.append(answer_seed(cfg, name))   # base: its own draws, a new key
+    if answer_seed(cfg, name) != cfg.seed + 4321: parts.append(answer_seed(cfg, name))   # their own draws: a new key
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 def _load_answers(d: Path, name: str, key: str) -> Optional[dict]:
