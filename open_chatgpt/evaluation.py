@@ -202,7 +202,7 @@ JUDGE_CODE = tuple(f"open_chatgpt.{n}" for n in (
     "reward:reward_input", "reward:_from_pretrained", "reward:_save_pretrained",
     "sft:_causal_lm_problem", "sft:tiny_policy", "data:get_tokenizer", "data:encode_comparison", "data:_encode_pair",
     "data:_encode", "data:truncate_pair", "data:truncate_left", "data:_pad", "models:accepts_position_ids",
-    "data:hh_to_chat", "data:hh_turns"))
+    "data:hh_to_chat", "data:hh_turns", "data:_wrap"))
 # the code that measures the held-out accuracy a judge reports: a change re-measures a cached judge (no new training)
 JUDGE_EVAL_CODE = tuple(f"open_chatgpt.{n}" for n in (
     "evaluation:_eval_meta", "reward:evaluate_reward", "reward:margin_accuracy", "reward:wilson_interval"))
