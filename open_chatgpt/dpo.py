@@ -181,6 +181,7 @@ class DPOConfig:
     epochs: float = 1                    # passes over the pairs (ignored when max_steps is set)
     max_steps: Optional[int] = None      # optimiser steps; overrides epochs
     max_length: int = 256                # tokens per sequence (`truncate_dpo_pair`: the prompt's start, then the answers' ends)
+    max_prompt_length: Optional[int] = None  # prompt tokens a cut pair keeps at least (None: half of max_length)
     warmup: float = 0.1                  # linear warm-up: a fraction of the steps if < 1, else a number of steps
     lr_schedule: str = "linear"          # after warm-up: 'linear' (to 0, as TRL), 'cosine' or 'constant'
     weight_decay: float = 0.0            # AdamW weight decay on matrices
@@ -219,6 +220,8 @@ def _check_dpo_config(c: DPOConfig) -> None:
     for k in ("batch_size", "grad_accum", "max_length", "eval_batch_size"):
         if getattr(c, k) < 1: raise ValueError(f"DPOConfig.{k} must be >= 1, got {getattr(c, k)}")
     if c.max_steps is not None and c.max_steps < 1: raise ValueError(f"max_steps must be >= 1 or None, got {c.max_steps}")
+    if c.max_prompt_length is not None and not 1 <= c.max_prompt_length < c.max_length:
+        raise ValueError(f"DPOConfig.max_prompt_length must be in [1, max_length={c.max_length}) or None, got {c.max_prompt_length}")
     if c.lr_schedule not in ("linear", "cosine", "constant"):
         raise ValueError(f"lr_schedule must be 'linear', 'cosine' or 'constant', got {c.lr_schedule!r}")
 
@@ -240,7 +243,7 @@ def dpo_autocast(model, config: DPOConfig):
 @torch.no_grad()
 def pair_logps(model, tokenizer, pairs, config: DPOConfig) -> tuple[torch.Tensor, torch.Tensor]:
     "Sequence log-probs (chosen (n,), rejected (n,)) of every pair under `model`, in the pairs' order."
-    collate = DPOCollator(prepare_tokenizer(tokenizer), config.max_length)
+    collate = DPOCollator(prepare_tokenizer(tokenizer), config.max_length, max_prompt_length=config.max_prompt_length)
     order = _pair_order(pairs, collate)
     was_training = model.training
     model.eval()
@@ -369,7 +372,8 @@ def train_dpo(
     c = config or DPOConfig()
     check_no_dropout(policy, "train_dpo")                  # make_dpo_models turned it off (chapter 6)
     train_pairs, eval_pairs = _check_dpo_data(policy, train_pairs, eval_pairs, c)
-    collate, total = DPOCollator(prepare_tokenizer(tokenizer), c.max_length), c.total_steps(len(train_pairs))
+    collate = DPOCollator(prepare_tokenizer(tokenizer), c.max_length, max_prompt_length=c.max_prompt_length)
+    total = c.total_steps(len(train_pairs))
     optimizer = make_optimizer(policy, c); scheduler = make_scheduler(optimizer, c, total)   # chapter 3's
     seed_everything(c.seed)
     out = Path(c.output_dir) if c.output_dir else None
