@@ -406,7 +406,8 @@ def test_sampler_keys_the_answers_and_reaches_grpo(tmp_path):
     assert keys["inverse_cdf"] != keys["multinomial"]
     parts = ["sft", pl._stage_info(tmp_path / "sft"), pl.eval_prompts(cfg), 2, cfg.seed, cfg.showcase,   # the older key
              {k: getattr(PPOConfig(), k) for k in ("max_new_tokens", "max_prompt_length", "temperature", "top_k", "top_p")},
-             pl._stage_info(tmp_path / "reward"), cfg.judge, pl.judge_id(cfg)]   # (+ the judge's own key, since then)
+             pl._stage_info(tmp_path / "reward"), cfg.judge, pl.judge_id(cfg),   # (+ the judge's own key, since then)
+             pl.answer_seed(cfg, "sft")]                                      # (+ the SFT answers' own seed, since a465685)
     assert keys["multinomial"] == pl.hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
     for algo in ("grpo", "rloo"):
         for s in ("inverse_cdf", "multinomial"):
