@@ -31,7 +31,7 @@ from .plumbing import (append_metrics, atomic_save, atomic_write_text, context_l
 from .ppo import AdapterDisabled, check_no_dropout, disable_dropout, fresh_lora, lora_trained
 from .ppo_core import logprobs_from_logits
 from .reward import check_pairs, wilson_interval
-from .sft import IGNORE_INDEX, make_optimizer, make_scheduler, micro_batch_indices, native_bf16
+from .sft import IGNORE_INDEX, check_no_autocast, make_optimizer, make_scheduler, micro_batch_indices, native_bf16
 
 # %% ../nbs/08_dpo.ipynb #8f24af9b
 def truncate_dpo_pair(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int], max_length: int,
@@ -371,6 +371,7 @@ def train_dpo(
     "Train `policy` with the DPO (or IPO) loss; log statistics per step, evaluate, checkpoint; return the history."
     c = config or DPOConfig()
     check_no_dropout(policy, "train_dpo")                  # make_dpo_models turned it off (chapter 6)
+    check_no_autocast("train_dpo")                         # dpo_autocast goes around the forward passes (chapter 3)
     train_pairs, eval_pairs = _check_dpo_data(policy, train_pairs, eval_pairs, c)
     collate = DPOCollator(prepare_tokenizer(tokenizer), c.max_length, max_prompt_length=c.max_prompt_length)
     total = c.total_steps(len(train_pairs))

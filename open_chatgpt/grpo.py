@@ -22,9 +22,10 @@ from tqdm.auto import tqdm
 
 from .plumbing import (append_metrics, atomic_save, atomic_write_text, context_length, open_run,
                                    read_metrics, rng_state, seed_everything, set_rng_state, write_csv)
-from .ppo import (check_checkpointing, check_no_dropout, check_generation_dtype, check_sampler, checkpointing, forward_in_order, forward_logprobs_values,
+from .ppo import (check_checkpointing, check_no_dropout, check_generation_dtype, check_sampler, checkpointing, forward_in_order, forward_logprobs_values, update_autocast,
                               make_ppo_models, plot_reward_kl, prompt_batch, reused_rows, rollout, score)
 from .ppo_core import MAX_LOG_RATIO, _as_mask, _check_same_shape, _require_tokens, kl_penalty, masked_mean
+from .sft import check_no_autocast
 
 # %% ../nbs/09_grpo.ipynb #80c315d9
 def _grouped(rewards: torch.Tensor, num_generations: int) -> torch.Tensor:  # (prompts, G)
@@ -175,6 +176,7 @@ class GRPOConfig:
     max_new_tokens: int = 32              # response length cap; also L of dr_grpo (TRL: max_completion_length)
     max_prompt_length: int = 128          # prompt tokens kept (cut from the left)
     generation_dtype: str = "float32"     # the sampler's matmuls: 'float32', 'bfloat16' or 'auto' (chapter 6's rollout)
+    train_dtype: str = "float32"          # the update's forward passes: the same three (chapter 6's Appendix)
     sampler: str = "inverse_cdf"          # how a token is drawn: 'inverse_cdf' or 'multinomial' (chapter 6's sample_next)
     missing_eos_penalty: Optional[float] = 1.0   # subtracted from the reward of responses that never end (None: off)
     seed: int = 0                         # seeds torch, numpy, random and the prompt order
@@ -200,7 +202,7 @@ def _check_grpo_config(c: GRPOConfig, context_length: Optional[int] = None) -> N
     if c.num_generations < 2: raise ValueError(f"num_generations must be >= 2, got {c.num_generations}")
     if min(c.batch_size, c.mini_batch_size, c.num_iterations, c.max_new_tokens) < 1:
         raise ValueError("batch_size, mini_batch_size, num_iterations and max_new_tokens must be >= 1")
-    check_generation_dtype(c.generation_dtype); check_sampler(c.sampler)
+    check_generation_dtype(c.generation_dtype); check_generation_dtype(c.train_dtype, "train_dtype"); check_sampler(c.sampler)
     if c.completions_per_step % c.mini_batch_size:
         raise ValueError(f"batch_size * num_generations ({c.completions_per_step}) must be a multiple of "
                          f"mini_batch_size ({c.mini_batch_size})")
@@ -235,7 +237,8 @@ def _ordered_logprobs(model, input_ids, attention_mask, P, c, order, with_entrop
     "Log-probs (and entropy) without grad, computed in minibatches in `order`, returned in the batch's own order."
     fwd = lambda s: forward_logprobs_values(model, input_ids[s], attention_mask[s], P, c.temperature, with_entropy)
     like = input_ids[:, P:]                                          # (B, R); the first `skip` rows of `order` stay NaN
-    logprobs, _, entropy = forward_in_order(fwd, order, c.forward_batch_size, like, skip)
+    with update_autocast(c, model):                                  # fp32 unless train_dtype asks (chapter 6)
+        logprobs, _, entropy = forward_in_order(fwd, order, c.forward_batch_size, like, skip)
     return logprobs, (entropy if with_entropy else None)
 
 # %% ../nbs/09_grpo.ipynb #9b8b8fe2
@@ -251,7 +254,7 @@ def _minibatch_update(policy, optimizer, params, input_ids, attention_mask, P, i
     optimizer.zero_grad(set_to_none=True)
     lps = []
     for j, (rows, k) in enumerate(zip(chunks, ks)):
-        with torch.set_grad_enabled(k > 0):          # a pass without response tokens adds nothing: no backward
+        with torch.set_grad_enabled(k > 0), update_autocast(c, policy):   # no response tokens: no backward
             lp = logprobs if j == 0 and logprobs is not None else forward_logprobs_values(
                 policy, input_ids[rows], attention_mask[rows], P, c.temperature)[0]   # (rows, R)
         if k: (loss_of(lp, rows)[0] * (w[j] / sum(w))).backward()              # frees this pass's activations
@@ -272,18 +275,19 @@ def grpo_step(
 ) -> dict:
     "One GRPO/RLOO update on a scored group rollout: group advantages, then clipped minibatch updates; returns stats."
     c = config
+    check_no_autocast("grpo_step")                                               # it enters autocast itself (train_dtype)
     input_ids = torch.cat([batch["query"], batch["response"]], 1)                # (B, P + R)
     attention_mask = torch.cat([batch["query_mask"], batch["response_mask"]], 1)
     mask, P, B = batch["response_mask"], batch["query"].shape[1], input_ids.shape[0]
     advantages = group_advantages(rewards.to(input_ids.device), c)               # (B,)
     perms = [torch.randperm(B) for _ in range(c.num_iterations)]
 
-    # ---- old and reference log-probs (no grad); old ones in the first pass's order: ratio exactly 1 at first ----
+    # ---- old and reference log-probs (no grad), in the first pass's order: ratio exactly 1 at first, KL 0 at pi_ref ----
     first = reused_rows(policy, perms[0], c.forward_batch_size)                 # forwarded once, below
     policy.eval()
     with torch.no_grad():
         old_logprobs, entropy = _ordered_logprobs(policy, input_ids, attention_mask, P, c, perms[0], True, len(first))
-        ref_logprobs, _ = _ordered_logprobs(ref_policy, input_ids, attention_mask, P, c, torch.arange(B))
+        ref_logprobs, _ = _ordered_logprobs(ref_policy, input_ids, attention_mask, P, c, perms[0])   # the same passes
 
     # ---- optimise: num_iterations passes over shuffled minibatches, one optimizer step each ----
     policy.train()                                   # dropout is off (disable_dropout): train == eval numerically
@@ -291,8 +295,9 @@ def grpo_step(
     params = [p for p in policy.parameters() if p.requires_grad]
     with checkpointing(policy, c.gradient_checkpointing):                        # off by default (chapter 6's)
         if len(first):                               # the first minibatch's forward with grad *is* its old forward
-            first_lp, _, first_entropy = forward_logprobs_values(policy, input_ids[first], attention_mask[first], P,
-                                                                 c.temperature, True)
+            with update_autocast(c, policy):
+                first_lp, _, first_entropy = forward_logprobs_values(policy, input_ids[first], attention_mask[first], P,
+                                                                     c.temperature, True)
             old_logprobs[first], entropy[first] = first_lp.detach(), first_entropy
         for perm in perms:
             for start in range(0, B, c.mini_batch_size):

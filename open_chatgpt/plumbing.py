@@ -84,6 +84,11 @@ def _dotted(d: dict, key: str):
     for k in key.split("."): d = d.get(k) if isinstance(d, dict) else None
     return d
 
+def _defaults(config) -> dict:
+    "The defaults of `config`'s class as JSON ({} if it has required fields)."
+    try: return json.loads(json.dumps(asdict(type(config)())))
+    except TypeError: return {}
+
 def open_run(out, resume: bool, config, name: str, load) -> tuple[int, list[dict]]:
     "A trainer's output directory: resume (`load(checkpoint) -> step`) or start afresh; (start step, history rows)."
     if out is None: return 0, []
@@ -92,6 +97,7 @@ def open_run(out, resume: bool, config, name: str, load) -> tuple[int, list[dict
     start, history = 0, []
     if resume and ckpt_path.exists():
         was, now = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}, json.loads(json.dumps(asdict(config)))
+        if was: was = {**_defaults(config), **was}    # a setting added since the run began: the run had its default
         diff = ", ".join(f"{k}: {_dotted(was, k)!r} -> {_dotted(now, k)!r}" for k in (changed_settings(was, now) if was else []))
         if diff: raise ValueError(f"{out} holds an unfinished {name} run that began with other settings ({diff}; see "
                                   f"{cfg_path}): resume it with those settings (only {', '.join(RESUMABLE)} may change), "

@@ -7,13 +7,13 @@ __all__ = ['GENERATION_DTYPES', 'SAMPLERS', 'DROPOUT_FIELDS', 'MINIBATCH_STATS',
            'check_generation_dtype', 'disable_dropout', 'has_dropout', 'check_no_dropout', 'value_head', 'Critic',
            'reward_critic_problem', 'PolicyAndValue', 'AdapterDisabled', 'lora_trained', 'fresh_lora',
            'make_ppo_models', 'truncate_after_eos', 'sample_next', 'inverse_cdf_sample', 'logits_to_keep_kw',
-           'cache_kw', 'sample_tokens', 'unique_prompts', 'resolve_generation_dtype', 'generation_autocast', 'rollout',
-           'same_tokenizer', 'reward_model_fn', 'sentiment_reward_fn', 'takes_batch', 'score',
-           'forward_logprobs_values', 'batched_forward', 'forward_in_order', 'reused_rows', 'old_logprobs_values',
-           'advantages_and_returns', 'kl_per_response', 'ppo_minibatch_loss', 'hf_models', 'check_checkpointing',
-           'set_checkpointing', 'checkpointing', 'ppo_minibatch_backward', 'ppo_update', 'mean_stats', 'ppo_step',
-           'prompt_batch', 'RunningMoments', 'scale_scores', 'make_kl_controller', 'stats_row', 'train_ppo',
-           'evaluate_policy', 'plot_reward_kl', 'plot_dials']
+           'cache_kw', 'sample_tokens', 'unique_prompts', 'resolve_generation_dtype', 'generation_autocast',
+           'update_autocast', 'rollout', 'same_tokenizer', 'reward_model_fn', 'sentiment_reward_fn', 'takes_batch',
+           'score', 'forward_logprobs_values', 'batched_forward', 'forward_in_order', 'reused_rows',
+           'old_logprobs_values', 'advantages_and_returns', 'kl_per_response', 'ppo_minibatch_loss', 'hf_models',
+           'check_checkpointing', 'set_checkpointing', 'checkpointing', 'ppo_minibatch_backward', 'ppo_update',
+           'mean_stats', 'ppo_step', 'prompt_batch', 'RunningMoments', 'scale_scores', 'make_kl_controller',
+           'stats_row', 'train_ppo', 'evaluate_policy', 'plot_reward_kl', 'plot_dials']
 
 # %% ../nbs/06_ppo.ipynb #51191a9d
 import contextlib
@@ -37,7 +37,7 @@ from .data import PromptCollator, check_text, is_quick
 from .models import (accepts_position_ids, hidden_size, is_lora, model_inputs, position_ids_from_mask,
                                  prepare_model)
 from .reward import reward_input
-from .sft import is_checkpointing, native_bf16, switch_checkpointing
+from .sft import check_no_autocast, is_checkpointing, native_bf16, switch_checkpointing
 from .plumbing import (append_metrics, atomic_save, atomic_write_text, context_length, model_device,
                                    open_run, read_metrics, rng_state, save_figure, seed_everything, set_rng_state,
                                    write_csv)
@@ -76,6 +76,7 @@ class PPOConfig:
     max_new_tokens: int = 32              # response length cap
     max_prompt_length: int = 128          # prompt tokens kept (cut from the left)
     generation_dtype: str = "float32"     # the sampler's matmuls: 'float32', 'bfloat16' (autocast) or 'auto' (bf16 where native)
+    train_dtype: str = "float32"          # the update's forward passes (old, reference, trained): the same three (Appendix)
     sampler: str = "inverse_cdf"          # how a token is drawn: 'inverse_cdf' (one uniform per row) or 'multinomial' (HF's draws)
     missing_eos_penalty: Optional[float] = 1.0   # subtracted from the score of responses that never end (N+ detail; None: off)
     kl_estimator: str = "k1"              # per-token KL estimator of the penalty: k1, k2 or k3
@@ -103,9 +104,9 @@ def check_sampler(sampler: str) -> str:
     if sampler not in SAMPLERS: raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     return sampler
 
-def check_generation_dtype(dtype: str) -> str:
-    "`dtype` if it is one of GENERATION_DTYPES; else a ValueError naming them."
-    if dtype not in GENERATION_DTYPES: raise ValueError(f"generation_dtype must be one of {GENERATION_DTYPES}, got {dtype!r}")
+def check_generation_dtype(dtype: str, name: str = "generation_dtype") -> str:
+    "`dtype` if it is one of GENERATION_DTYPES; else a ValueError naming them (and the setting, `name`)."
+    if dtype not in GENERATION_DTYPES: raise ValueError(f"{name} must be one of {GENERATION_DTYPES}, got {dtype!r}")
     return dtype
 
 def _check_ppo_config(c: PPOConfig, context_length: Optional[int] = None) -> None:
@@ -115,7 +116,7 @@ def _check_ppo_config(c: PPOConfig, context_length: Optional[int] = None) -> Non
         raise ValueError(f"batch_size ({c.batch_size}) must be a multiple of mini_batch_size * "
                          f"gradient_accumulation_steps ({c.backward_batch_size})")
     if c.max_new_tokens < 1: raise ValueError(f"max_new_tokens must be >= 1, got {c.max_new_tokens}")
-    check_generation_dtype(c.generation_dtype); check_sampler(c.sampler)
+    check_generation_dtype(c.generation_dtype); check_generation_dtype(c.train_dtype, "train_dtype"); check_sampler(c.sampler)
     if c.micro_batch_size < 0: raise ValueError(f"micro_batch_size must be >= 0 (0: the whole minibatch), got {c.micro_batch_size}")
     if c.mini_batch_size % c.forward_batch_size:     # old and new forwards must cut the rows alike (piece 5: ratio exactly 1)
         raise ValueError(f"micro_batch_size ({c.micro_batch_size}) must divide mini_batch_size ({c.mini_batch_size})")
@@ -232,7 +233,7 @@ class PolicyAndValue(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kw):
         "Logits (batch, seq, vocab) of the actor and values (batch, seq) of the critic; `kw` go to the actor (logits_to_keep)."
         out = self.policy(**model_inputs(self.policy, input_ids, attention_mask), output_hidden_states=self.shared, **kw)
-        h = out.hidden_states[-1].to(self.v_head.weight.dtype) if self.shared else None   # the head stays fp32
+        h = out.hidden_states[-1].to(self.v_head.weight.dtype) if self.shared else None   # fp32 weights (in bf16 under autocast)
         values = self.v_head(h).squeeze(-1) if self.shared else self.critic(input_ids, attention_mask)
         return out.logits, values.float()
 
@@ -425,6 +426,10 @@ def generation_autocast(dtype: str, device, model: Optional[nn.Module] = None):
     finally:
         for p in frozen: p.requires_grad_(False)
 
+def update_autocast(config, model: nn.Module):
+    "The update's precision (`config.train_dtype`) as `generation_autocast`: around one forward pass, or a no_grad block."
+    return generation_autocast(getattr(config, "train_dtype", "float32"), model_device(model), model)
+
 # %% ../nbs/06_ppo.ipynb #3e68f5f3
 @torch.no_grad()
 def rollout(
@@ -596,14 +601,16 @@ def reused_rows(model: nn.Module, perm: torch.Tensor, size: int) -> torch.Tensor
 @torch.no_grad()
 def old_logprobs_values(model: PolicyAndValue, ref_policy, batch: dict, config: PPOConfig,
                         order: torch.Tensor, skip: int = 0) -> tuple[torch.Tensor, ...]:  # each (B, R)
-    "Log-probs, values, entropy of the rollout under the acting `model` (rows forwarded in `order`); the reference's log-probs."
+    "Log-probs, values, entropy of the rollout under the acting `model`, and the reference's log-probs (rows forwarded in `order`)."
     # skip: the first `skip` rows of `order` are not forwarded and stay NaN, for the caller to fill (ppo_step does)
     input_ids, attention_mask, mask, P = _sequences(batch)
     model.eval()
     fwd = lambda m, ent: (lambda s: forward_logprobs_values(m, input_ids[s], attention_mask[s], P, config.temperature, ent))
     size = config.forward_batch_size                                                  # a minibatch, or a micro-batch
-    old = forward_in_order(fwd(model, True), order, size, mask, skip)                  # back in the rollout's row order
-    ref_logprobs, _, _ = batched_forward(fwd(ref_policy, False), torch.arange(len(order)), size)
+    with update_autocast(config, model):                                              # fp32 unless train_dtype asks
+        old = forward_in_order(fwd(model, True), order, size, mask, skip)              # back in the rollout's row order
+    with update_autocast(config, ref_policy):   # in the old forward's passes: at pi = pi_ref the KL is exactly 0, in bf16 too
+        ref_logprobs = forward_in_order(fwd(ref_policy, False), order, size, mask)[0]
     return *old, ref_logprobs
 
 # %% ../nbs/06_ppo.ipynb #8a59a031
@@ -679,12 +686,12 @@ def ppo_minibatch_backward(model: PolicyAndValue, data: dict, idx: torch.Tensor,
     d, c = data, config                  # `out`: the first pass's log-probs and values (with grad), already forwarded
     chunks = idx.split(c.forward_batch_size)
     if len(chunks) == 1:                                                         # the whole minibatch in one pass
-        loss, stats = ppo_minibatch_loss(model, d, idx, c, out)
+        with update_autocast(c, model): loss, stats = ppo_minibatch_loss(model, d, idx, c, out)   # autocast: the forward only
         (scale * loss).backward(); return stats
     ks = torch.stack([d["mask"][rows].sum() for rows in chunks]).tolist()      # each pass's response tokens (one sync)
     n, outs = sum(ks), []                                                        # the minibatch's response tokens
     for j, (rows, k) in enumerate(zip(chunks, ks)):  # each pass's loss is a mean over its own tokens: weight by k / n
-        with torch.set_grad_enabled(k > 0):       # a pass without response tokens adds nothing: no backward
+        with torch.set_grad_enabled(k > 0), update_autocast(c, model):   # no response tokens: no backward
             o = out if j == 0 and out is not None else forward_logprobs_values(
                 model, d["input_ids"][rows], d["attention_mask"][rows], d["P"], c.temperature)
         if k: (scale * ppo_minibatch_loss(model, d, rows, c, o)[0] * (k / n)).backward()   # frees its activations
@@ -746,6 +753,7 @@ def ppo_step(
 ) -> dict:
     "One PPO update on a scored rollout: rewards with the KL penalty, GAE, clipped epochs; returns the step's stats."
     c = config
+    check_no_autocast("ppo_step")                                                # it enters autocast itself (train_dtype)
     input_ids, attention_mask, mask, P = _sequences(batch)
     B = input_ids.shape[0]
     perms = [torch.randperm(B) for _ in range(c.ppo_epochs)]                     # minibatch order of each epoch
@@ -755,8 +763,9 @@ def ppo_step(
                                                                           skip=len(first))
     with checkpointing(model, c.gradient_checkpointing):
         model.train()                          # the first minibatch's forward with grad *is* its old forward (dropout off)
-        first_out = forward_logprobs_values(model, input_ids[first], attention_mask[first], P, c.temperature, True) \
-            if len(first) else None
+        with update_autocast(c, model):
+            first_out = forward_logprobs_values(model, input_ids[first], attention_mask[first], P, c.temperature, True) \
+                if len(first) else None
         for old, new in zip((old_logprobs, old_values, entropy), first_out or ()): old[first] = new.detach()
         # ---- 3-4. rewards (score - beta * KL), GAE, whitened advantages; the KL per response of each estimator ----
         advantages, returns, non_score_reward = advantages_and_returns(scores, old_logprobs, ref_logprobs, old_values,

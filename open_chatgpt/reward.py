@@ -336,7 +336,9 @@ def train_reward(rm: RewardModel, tokenizer, train_pairs, eval_pairs=None, confi
                  progress: bool = True) -> dict:
     "Train `rm` on comparisons with the pairwise loss (plain PyTorch loop); returns the history."
     from tqdm.auto import tqdm
+    from open_chatgpt.sft import check_no_autocast
     config = config or RewardConfig()
+    check_no_autocast("train_reward")                   # chapter 3: autocast goes around forward passes, not the loop
     if config.deepspeed: raise ValueError("DeepSpeed runs through train_reward_trainer(...); the plain loop is single-device")
     train_pairs = check_pairs(train_pairs, "train_pairs")
     if eval_pairs is not None: eval_pairs = check_pairs(eval_pairs, "eval_pairs")

@@ -7,10 +7,10 @@ __all__ = ['IGNORE_INDEX', 'MODEL_FILES', 'TOKENIZER_FILES', 'CKPT_PREFIX', 'STA
            'response_tokens', 'tiny_policy', 'n_params', 'check_causal_lm', 'LoraSettings', 'add_lora', 'load_policy',
            'save_policy', 'generate', 'check_sft_data', 'evaluate_sft', 'rouge', 'SFTConfig', 'lr_factor', 'filter_sft',
            'sft_datasets', 'micro_batch_indices', 'step_batches', 'native_bf16', 'resolve_precision',
-           'accumulate_gradients', 'make_optimizer', 'make_scheduler', 'optimizer_step', 'new_history', 'log_row',
-           'train_sft', 'plot_history', 'latest_checkpoint', 'save_checkpoint', 'load_checkpoint', 'resume_training',
-           'switch_checkpointing', 'set_gradient_checkpointing', 'is_checkpointing', 'sft_training_args',
-           'train_sft_trainer']
+           'check_no_autocast', 'accumulate_gradients', 'make_optimizer', 'make_scheduler', 'optimizer_step',
+           'new_history', 'log_row', 'train_sft', 'plot_history', 'latest_checkpoint', 'save_checkpoint',
+           'load_checkpoint', 'resume_training', 'switch_checkpointing', 'set_gradient_checkpointing',
+           'is_checkpointing', 'sft_training_args', 'train_sft_trainer']
 
 # %% ../nbs/03_sft.ipynb #30d7cd78
 import copy
@@ -368,6 +368,19 @@ def resolve_precision(config: SFTConfig, device: torch.device) -> Optional[torch
     if config.fp16 or (config.fp16 is None and cuda and not bf16_ok): return torch.float16
     return None
 
+def _autocast_on(device_type: str) -> bool:
+    try: return torch.is_autocast_enabled(device_type)
+    except TypeError: return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()  # torch < 2.4
+
+def check_no_autocast(trainer: str) -> None:
+    "A ValueError if `trainer` runs inside a `torch.autocast` block, whose cast weights would outlive its optimiser steps."
+    on = [d for d in ("cpu", "cuda") if _autocast_on(d)]
+    if on: raise ValueError(
+        f"{trainer} was called inside torch.autocast ({on[0]}): autocast keeps each trained weight's cast copy until the "
+        "outermost autocast block ends, so after the first optimiser step its forward passes would go on using the old "
+        "weights. Call it outside autocast: the trainers put autocast around their own forward passes "
+        "(SFTConfig.bf16 / cpu_bf16, PPOConfig.train_dtype, GRPOConfig.train_dtype, DPOConfig.cpu_bf16)")
+
 # %% ../nbs/03_sft.ipynb #e7a9ab16
 def accumulate_gradients(model, batches: list[dict], device: torch.device, amp: Optional[torch.dtype] = None,
                          scaler=None) -> tuple[float, int]:
@@ -426,6 +439,7 @@ def train_sft(model, tokenizer, train_ds, eval_ds=None, config: Optional[SFTConf
     "Supervised fine-tuning with a plain PyTorch loop; checkpoints, exact resume; returns the loss history."
     config = config or SFTConfig()
     check_causal_lm(model)
+    check_no_autocast("train_sft")                   # autocast goes around the forward passes, not the loop
     if config.deepspeed: raise ValueError("DeepSpeed runs through train_sft_trainer(...); the plain loop is single-device")
     train_ds, eval_ds = sft_datasets(train_ds, eval_ds, tokenizer, config)  # ---- set-up
     collate, total = SFTCollator(prepare_tokenizer(tokenizer), config.max_length), config.total_steps(len(train_ds))

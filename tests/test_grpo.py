@@ -132,9 +132,12 @@ def _step(tok, prompts, policy, ref, cfg, seed=0):
     return grpo_step(policy, ref, opt, batch, rewards, cfg)
 
 
-def test_first_update_is_on_policy(tok, prompts):
+@pytest.mark.parametrize("train_dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("micro_batch_size", [0, 1])   # 1: the minibatch's later rows compare a no-grad pass with a grad one
+def test_first_update_is_on_policy(tok, prompts, train_dtype, micro_batch_size):
     policy, ref = make_grpo_models(tiny_model("llama", tok, d=32, n_layer=1, n_head=2), tok)
-    cfg = GRPOConfig(batch_size=2, num_generations=4, mini_batch_size=4, num_iterations=2, max_new_tokens=6, max_prompt_length=32)
+    cfg = GRPOConfig(batch_size=2, num_generations=4, mini_batch_size=4, num_iterations=2, max_new_tokens=6, max_prompt_length=32,
+                     train_dtype=train_dtype, micro_batch_size=micro_batch_size)
     st = _step(tok, prompts, policy, ref, cfg)
     assert st["policy/first_ratio_min"] == st["policy/first_ratio_max"] == 1.0     # bit-identical forward pass
     assert st["objective/kl"] == 0.0 and st["grpo/updates"] == 4

@@ -112,8 +112,10 @@ def test_pipeline_ppo_models_train_the_critic(tmp_path):
 
 # ---- defect 2: dropout (modules and functional) off, so the first minibatch is exactly on-policy --------------------
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("generation_dtype", ["float32", "bfloat16"])   # bf16 sampling: the update's forwards stay fp32
-def test_first_minibatch_is_on_policy(family, generation_dtype, monkeypatch):
+@pytest.mark.parametrize("generation_dtype,train_dtype", [("float32", "float32"), ("bfloat16", "float32"),
+                                                          ("bfloat16", "bfloat16")])   # sampling; the update's forwards
+@pytest.mark.parametrize("micro_batch_size", [0, 1])   # 1: the minibatch's later rows compare a no-grad pass with a grad one
+def test_first_minibatch_is_on_policy(family, generation_dtype, train_dtype, micro_batch_size, monkeypatch):
     calls = []
     real = ppo_mod.ppo_policy_loss
     def spy(logprobs, old_logprobs, advantages, mask, clip_range):
@@ -123,10 +125,13 @@ def test_first_minibatch_is_on_policy(family, generation_dtype, monkeypatch):
     monkeypatch.setattr(ppo_mod, "ppo_policy_loss", spy)
     sft = family_model(family)
     model, ref = make_ppo_models(sft, TOK, critic_init="sft")
-    c = cfg(batch_size=4, mini_batch_size=2, ppo_epochs=1, total_steps=2, generation_dtype=generation_dtype)
-    train_ppo(model, ref, TOK, lambda p, r: torch.tensor([len(x) / 10 for x in r]), PROMPTS, c, progress=False)
-    per_step = len(calls) // 2
-    for first in (calls[0], calls[per_step]):          # the first minibatch of step 1 and of step 2
+    c = cfg(batch_size=4, mini_batch_size=2, ppo_epochs=1, total_steps=2, generation_dtype=generation_dtype,
+            train_dtype=train_dtype, micro_batch_size=micro_batch_size)
+    hist = train_ppo(model, ref, TOK, lambda p, r: torch.tensor([len(x) / 10 for x in r]), PROMPTS, c, progress=False)
+    assert hist[0]["objective/kl"] == 0.0        # step 1: policy == reference, forwarded in the same passes (bf16 too)
+    per_step, passes = len(calls) // 2, c.mini_batch_size // c.forward_batch_size
+    k = passes + (passes > 1)                          # a call per pass, then one for the minibatch's statistics
+    for first in calls[:k] + calls[per_step:per_step + k]:   # the first minibatch of step 1 and of step 2
         lp, old, m, stats = first
         m = m.bool()
         assert torch.equal(lp[m], old[m]), f"{family}: ratio != 1 on the first minibatch: max |log ratio| " \
@@ -348,3 +353,69 @@ def test_samplers_same_first_token_distribution():
         firsts = torch.cat([_sampled(model, sampler, seed=s, n_new=1)[0][:1, 0] for s in range(500)])
         freq = torch.stack([(firsts == t).float().mean() for t in (10, 200, 3000)])
         assert torch.allclose(freq, p, atol=0.07), (sampler, freq, p)  # 3.5 standard errors at 500 draws
+
+
+# ---- autocast goes around forward passes, never around a training loop -------------------------------------------
+def test_ppo_step_in_bf16_sees_its_own_updates():
+    """train_dtype='bfloat16': every minibatch forward enters autocast itself, so after the first optimizer step the
+    forwards use the new weights (inside one outer autocast block they would not: the ratio would stay exactly 1)."""
+    calls = []
+    real = ppo_mod.ppo_policy_loss
+    def spy(logprobs, old_logprobs, advantages, mask, clip_range):
+        calls.append((logprobs.detach(), old_logprobs, mask.bool()))
+        return real(logprobs, old_logprobs, advantages, mask, clip_range)
+    model, ref = make_ppo_models(family_model("llama", dropout=0.0), TOK, critic_init="sft")
+    c = cfg(batch_size=4, mini_batch_size=2, ppo_epochs=2, learning_rate=1e-2, train_dtype="bfloat16")
+    seen = []                                          # (grad on?, output dtype) of every linear layer of the actor
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append((torch.is_grad_enabled(), o.dtype)))
+             for m in model.policy.modules() if isinstance(m, torch.nn.Linear)]
+    ppo_mod.ppo_policy_loss = spy
+    try: one_step(model, ref, lambda p, r: torch.tensor([len(x) / 10 for x in r]), c)
+    finally:
+        ppo_mod.ppo_policy_loss = real
+        for h in hooks: h.remove()
+    assert (True, torch.bfloat16) in seen and (False, torch.bfloat16) in seen   # the update's passes and the old/ref ones
+    assert (True, torch.float32) not in seen                                    # no pass with grad left in fp32
+    lp, old, m = calls[0]
+    assert torch.equal(lp[m], old[m])                                  # the first minibatch: exactly on-policy
+    assert any(not torch.equal(lp[m], old[m]) for lp, old, m in calls[1:]), "the update never saw its own steps"
+
+
+def test_trainers_refuse_an_outer_autocast():
+    from open_chatgpt.dpo import DPOConfig, make_dpo_models, train_dpo
+    from open_chatgpt.grpo import GRPOConfig, grpo_step, make_grpo_models
+    from open_chatgpt.reward import RewardConfig, train_reward
+    from open_chatgpt.sft import SFTConfig, train_sft
+    from open_chatgpt.data import sample_pairs, sample_sft
+    model, ref = make_ppo_models(family_model("gpt2", dropout=0.0), TOK, critic_init="sft")
+    c = cfg()
+    batch = rollout(model, TOK, PROMPTS[:c.batch_size], c)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    policy, gref = make_grpo_models(family_model("gpt2", dropout=0.0), TOK)
+    gc = GRPOConfig(batch_size=2, num_generations=2, mini_batch_size=4, max_new_tokens=4, max_prompt_length=32)
+    gbatch = rollout(policy, TOK, [p for p in PROMPTS[:2] for _ in range(2)], gc)
+    dpol, dref = make_dpo_models(family_model("gpt2", dropout=0.0), TOK)
+    pairs = sample_pairs("train").select(range(4))
+    runs = {"ppo_step": lambda: ppo_step(model, ref, opt, batch, torch.zeros(4), make_kl_controller(c), c),
+            "grpo_step": lambda: grpo_step(policy, gref, torch.optim.Adam(policy.parameters()), gbatch, torch.randn(4), gc),
+            "train_dpo": lambda: train_dpo(dpol, dref, TOK, pairs, config=DPOConfig(max_steps=1, batch_size=2), progress=False),
+            "train_sft": lambda: train_sft(family_model("gpt2", dropout=0.0), TOK, sample_sft("train").select(range(4)),
+                                           config=SFTConfig(max_steps=1, batch_size=2), progress=False),
+            "train_reward": lambda: train_reward(RewardModel(family_model("gpt2", dropout=0.0), TOK), TOK, pairs,
+                                                 config=RewardConfig(max_steps=1, batch_size=2), progress=False)}
+    before = snapshot(model)
+    for name, run in runs.items():
+        with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(ValueError, match="inside torch.autocast"): run()
+    assert not changed(before, model)                                   # refused before anything trained
+
+
+def test_resume_refuses_a_setting_added_since_the_run_began(tmp_path):
+    "A run from before a config field existed ran with its default: resuming it with another value is a change."
+    from open_chatgpt.plumbing import open_run
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({}, tmp_path / "checkpoints" / "last.pt")
+    old = {k: v for k, v in ppo_mod.asdict(cfg()).items() if k != "train_dtype"}       # recorded before train_dtype
+    (tmp_path / "ppo_config.json").write_text(ppo_mod.json.dumps(old))
+    with pytest.raises(ValueError, match="train_dtype"): open_run(tmp_path, True, cfg(train_dtype="bfloat16"), "ppo", lambda ck: 3)
+    (tmp_path / "ppo_config.json").write_text(ppo_mod.json.dumps(old))
+    assert open_run(tmp_path, True, cfg(), "ppo", lambda ck: 3)[0] == 3             # the default it ran with: resumes
