@@ -704,6 +704,7 @@ def ppo_update(model: PolicyAndValue, optimizer: torch.optim.Optimizer, data: di
                config: PPOConfig, first_out: Optional[tuple] = None) -> tuple[list[dict], int, bool]:
     "Epochs of clipped updates over minibatches (`perms`: the row order of each epoch); stats per minibatch, steps, early stop."
     c, B = config, len(perms[0])                 # first_out: the forward with grad of perms[0][:forward_batch_size], if done
+    check_no_autocast("ppo_update")              # its forwards enter autocast themselves (train_dtype), between Adam steps
     if first_out is not None and len(first_out[0]) != min(c.forward_batch_size, B):
         raise ValueError(f"first_out holds {len(first_out[0])} rows; it must be the update's first forward "
                          f"(perms[0][:{c.forward_batch_size}]), as ppo_step passes it")

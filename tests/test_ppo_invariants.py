@@ -397,6 +397,7 @@ def test_trainers_refuse_an_outer_autocast():
     dpol, dref = make_dpo_models(family_model("gpt2", dropout=0.0), TOK)
     pairs = sample_pairs("train").select(range(4))
     runs = {"ppo_step": lambda: ppo_step(model, ref, opt, batch, torch.zeros(4), make_kl_controller(c), c),
+            "ppo_update": lambda: ppo_mod.ppo_update(model, opt, {}, [torch.arange(4)], c),
             "grpo_step": lambda: grpo_step(policy, gref, torch.optim.Adam(policy.parameters()), gbatch, torch.randn(4), gc),
             "train_dpo": lambda: train_dpo(dpol, dref, TOK, pairs, config=DPOConfig(max_steps=1, batch_size=2), progress=False),
             "train_sft": lambda: train_sft(family_model("gpt2", dropout=0.0), TOK, sample_sft("train").select(range(4)),
