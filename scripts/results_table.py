@@ -100,15 +100,13 @@ def render(run: Path, name: str, copy_image: bool = True) -> str:
     sft = json.loads((run / "sft" / "stage.json").read_text())
     steps = sft["config"].get("max_steps")
     b = rm.get("baselines") or {}
-    from open_chatgpt.pipeline import _stage_dtype     # the precision its RL stage sampled in (older runs: fp32)
+    from open_chatgpt.pipeline import _stage_dtype, _stage_info   # the precision its RL stage sampled in (older runs: fp32)
     short = lambda d: {"bfloat16": "bf16", "float16": "fp16"}.get(d, "fp32")   # (older runs recorded no SFT precision: fp32)
     sampled = (f"SFT steps in {short(sft.get('precision'))}, " if steps != 0 else "") + \
               f"answers sampled in {short(_stage_dtype(run / algo))}"
-    upd = (json.loads((run / algo / "stage.json").read_text()).get("config") or {}).get("train_dtype") \
-        if (run / algo / "stage.json").exists() else None          # PPO's and GRPO's update precision (runs before it: fp32)
-    if upd:                                                          # named where it is not the default fp32
-        from open_chatgpt.ppo import resolve_generation_dtype
-        if resolve_generation_dtype(upd, "cpu") != "float32": sampled += f", {algo.upper()} updates in {short(resolve_generation_dtype(upd, 'cpu'))}"
+    from open_chatgpt.ppo import resolve_generation_dtype           # PPO's and GRPO's update precision (runs before it: fp32)
+    upd = resolve_generation_dtype((_stage_info(run / algo).get("config") or {}).get("train_dtype") or "float32", "cpu")
+    if upd != "float32": sampled += f", {algo.upper()} updates in {short(upd)}"   # named where it is not the default
     lines = [f"Policy `{cfg['model'] or 'tiny GPT-2'}`" + (f" + LoRA r={cfg['lora']['r']}" if cfg.get("lora") else "")
              + f", proxy reward model `{cfg['reward_model'] or 'from the SFT model'}`"
              + (f", gold judge `{j['config']['backbone']}`" if j else "") + f", data `{cfg['data']}`, seed {s['seed']}, {sampled}; "
