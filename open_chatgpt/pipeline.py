@@ -932,11 +932,15 @@ REAL_RUN = dict(model="smollm2-135m-instruct", reward_model="minilm-l6", reward_
                 # generation_dtype="auto": rollouts and evaluation answers sampled under bf16 autocast on CPUs with
                 # native bf16 (AVX512-BF16, AMX: a rollout in 0.54 of the fp32 CPU time on an AMD EPYC), fp32 elsewhere
                 # (chapter 6, *Sampling in bf16*)
+                # save_every=16: evaluated at steps 16 and 32, as DPO (GRPO and RLOO at 8 and 16). Each evaluation samples
+                # 128 answers, their KL and the QA probe, about 1.5-2 min on 2 cores; four of them (save_every=8) made the
+                # stage 15 min on 2026-11-29's CPU. The training is the same either way (an evaluation leaves the RNG
+                # alone): --set ppo.save_every=8 draws the curve at steps 8 and 24 too
                 ppo=dict(learning_rate=2e-4, batch_size=8, mini_batch_size=4, micro_batch_size=4, ppo_epochs=2,
-                         max_new_tokens=64, max_prompt_length=192, total_steps=32, save_every=8, init_kl_coef=0.1,
+                         max_new_tokens=64, max_prompt_length=192, total_steps=32, save_every=16, init_kl_coef=0.1,
                          target=2.0, horizon=200, shared_backbone=True, vf_coef=0.1, generation_dtype="auto",
                          train_dtype="auto"),
-                # 8 sampled answers per step as PPO (2 prompts x 4), the same LoRA learning rate and checkpoints; but 16
+                # 8 sampled answers per step as PPO (2 prompts x 4), the same LoRA learning rate; but 16
                 # steps, half PPO's 32 and half its sampled answers (7.3 min of steps in fp32 on a shared CPU, 2.5 with bf16 sampling on 2026-11-28's);
                 # micro_batch_size=1: the same gradient, an fp32 update in 15-20% less time here (bench/grpo-micro-batch.md);
                 # its update precision is PPO's (train_dtype, from the ppo block), not measured for GRPO at one row per pass

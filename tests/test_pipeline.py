@@ -496,6 +496,20 @@ def test_qa_curve_end_to_end_through_the_training_loop(tmp_path):
     assert rl["dtype"] == last["dtype"] == "float32"                         # in fp32 (chapter 7), whatever the sampling
 
 
+def test_checkpoint_evaluations_leave_the_training_alone(done, tmp_path):
+    "An RL stage evaluated at every step (answers, KL, judges, QA probe) trains exactly as one evaluated at its end only."
+    import shutil
+    runs = []
+    for every, extra in ((1, ["--set", "qa_curve=true"]), (1000, [])):
+        d = tmp_path / f"every-{every}"; d.mkdir()                    # a copy of one SFT model and proxy
+        for part in ("sft", "reward"): shutil.copytree(done / part, d / part)
+        assert main(["ppo", "-o", str(d), *TOY, "--set", f"ppo.save_every={every}", *extra]) == 0
+        runs.append([{k: v for k, v in r.items() if "time" not in k} for r in read_metrics(d / "ppo" / "metrics.jsonl")])
+        curve = read_metrics(d / "ppo" / "curve.jsonl")
+        assert [c["step"] for c in curve] == (list(range(1, len(runs[-1]) + 1)) if every == 1 else [len(runs[-1])])
+    assert len(runs[0]) == QUICK_RUN["ppo"]["total_steps"] and runs[0] == runs[1]
+
+
 def test_the_seed_fixes_every_rl_stage_with_lora(tmp_path):
     "Two fresh runs of an RL stage with one seed take the same steps: LoRA's random A matrices come from the seed too."
     import shutil
