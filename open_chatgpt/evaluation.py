@@ -100,8 +100,9 @@ def sample_answers(
     "`n` sampled answers per prompt (prompt-major rows), with end-of-turn flags, lengths, KL and every judge's scores."
     from tqdm.auto import tqdm
     policy, scorers = (policy.policy if isinstance(policy, PolicyAndValue) else policy), scorers or {}
+    if not prompts: return dict(prompts=[], responses=[], has_eos=None, length=None, kl=None, scores={}, n=n)
     lengths = prompt_lengths(tokenizer, prompts, config, policy)                    # (prompts,)
-    order = sorted(range(len(prompts)), key=lambda i: (int(lengths[i]), i))         # shortest first: little padding
+    order = sorted(range(len(prompts)), key=lambda i: (int(lengths[i]), prompts[i], i))   # shortest first; ties by text
     per = max(1, batch_size // n)                                                   # prompts per rollout
     got = dict(responses=[], has_eos=[], length=[], kl=[], scores={k: [] for k in scorers})
     with torch.random.fork_rng(devices=rng_devices(policy)):                       # leave the caller's RNG alone

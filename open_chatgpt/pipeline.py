@@ -66,6 +66,7 @@ class PipelineConfig:
     n_norm_prompts: int = 64                # training prompts whose SFT answers set that shift
     judge: Optional[dict] = None            # JudgeConfig fields of the gold reward model; None = no gold evaluation
     n_eval_prompts: int = 128               # held-out prompts of every evaluation (sampled answers, fixed seed)
+    eval_batch_size: int = 64               # answers per rollout of an evaluation (shortest prompts first); 32: less memory
     qa_curve: bool = False                  # also ask chapter 7's QA probe at every checkpoint (real run: 5-20 s each)
     best_of_n: int = 16                     # answers per held-out prompt from the SFT policy, for best-of-n (1: none)
     showcase: list = field(default_factory=lambda: list(SHOWCASE))  # extra user messages for the answer table
@@ -428,7 +429,8 @@ def checkpoint_evaluator(cfg: PipelineConfig, policy, ref_policy, tokenizer, sta
             if p.is_dir(): shutil.rmtree(p)
             elif p.exists(): p.unlink()
     def evaluate(step: int) -> dict:
-        ans = sample_answers(policy, tokenizer, prompts, gen, scorers, ref_policy=ref_policy, seed=answer_seed(cfg, "checkpoint"))
+        ans = sample_answers(policy, tokenizer, prompts, gen, scorers, ref_policy=ref_policy, seed=answer_seed(cfg, "checkpoint"),
+                             batch_size=cfg.eval_batch_size)
         row = dict(step=step, **summarize_answers(ans))
         write_jsonl(answer_rows(ans), stage / "answers" / f"step-{step:04d}.jsonl")
         if cfg.qa_curve:                                                     # chapter 7's probe, greedy, per question
@@ -585,6 +587,7 @@ def _answers_key(cfg: PipelineConfig, name: str, n: int, gen: PPOConfig) -> str:
     if _sampling_dtype(gen) != "float32": parts.append(_sampling_dtype(gen))   # (each added where it is not the old
     if gen.sampler != "multinomial": parts.append(gen.sampler)                  # default; the judge's key above is new)
     if answer_seed(cfg, name) != cfg.seed + 4321: parts.append(answer_seed(cfg, name))   # their own draws: a new key
+    parts.append(dict(order="shortest first", batch_size=cfg.eval_batch_size))   # sample_answers' order since 04945d4
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 def _load_answers(d: Path, name: str, key: str) -> Optional[dict]:
@@ -613,6 +616,7 @@ def policy_answers(cfg: PipelineConfig, log=print) -> dict:
         if res[name] is not None: log(f"[eval] {name}: reusing {len(res[name]['responses'])} answers"); continue
         policy, t0 = load_policy(path, tokenizer=tok).eval(), time.perf_counter()
         res[name] = sample_answers(policy, tok, prompts, gen, judges(cfg, tok, log), n=n, seed=answer_seed(cfg, name),
+                                   batch_size=cfg.eval_batch_size,
                                    progress=True)
         res[name].update(greedy=_greedy(policy, tok, cfg.showcase, gen), key=key, seconds=time.perf_counter() - t0)
         log(f"[eval] {name}: {len(res[name]['responses'])} answers in {res[name]['seconds']:.0f}s")
@@ -770,7 +774,7 @@ def _check_config(cfg: PipelineConfig) -> None:
     else: ctx = cfg.tiny.get("n_positions", 512)
     if cfg.reward_model: model_config(cfg.reward_model, "reward model")
     if cfg.algo not in ALGOS: raise ValueError(f"algo must be one of {ALGOS}, got {cfg.algo!r}")
-    for k in ("n_eval_prompts", "best_of_n", "n_norm_prompts"):
+    for k in ("n_eval_prompts", "best_of_n", "n_norm_prompts", "eval_batch_size"):
         v = getattr(cfg, k)
         if not isinstance(v, int) or isinstance(v, bool) or v < (2 if k == "n_norm_prompts" else 1):
             raise ValueError(f"{k} must be an integer >= {2 if k == 'n_norm_prompts' else 1}, got {v!r}")

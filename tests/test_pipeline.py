@@ -408,7 +408,14 @@ def test_sampler_keys_the_answers_and_reaches_grpo(tmp_path):
              {k: getattr(PPOConfig(), k) for k in ("max_new_tokens", "max_prompt_length", "temperature", "top_k", "top_p")},
              pl._stage_info(tmp_path / "reward"), cfg.judge, pl.judge_id(cfg),   # (+ the judge's own key, since then)
              pl.answer_seed(cfg, "sft")]                                      # (+ the SFT answers' own seed, since a465685)
+    older = pl.hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    assert keys["multinomial"] != older                                  # answers saved before 04945d4 are not reused:
+    parts.append(dict(order="shortest first", batch_size=cfg.eval_batch_size))   # now sampled shortest first
     assert keys["multinomial"] == pl.hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    small = PipelineConfig(output_dir=str(tmp_path), n_eval_prompts=2, eval_batch_size=32)   # other rollouts, other draws
+    assert pl._answers_key(small, "sft", 2, PPOConfig(sampler="multinomial")) != keys["multinomial"]
+    with pytest.raises(ValueError, match="eval_batch_size must be an integer >= 1"): pl.check_config(
+        PipelineConfig(output_dir=str(tmp_path), eval_batch_size=0))
     for algo in ("grpo", "rloo"):
         for s in ("inverse_cdf", "multinomial"):
             assert pl.grpo_config(PipelineConfig(output_dir=str(tmp_path), algo=algo, ppo=dict(sampler=s))).sampler == s
