@@ -21,10 +21,9 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .data import PromptCollator
-from .plumbing import atomic_write_text, context_length, model_device, rng_devices, save_figure
+from .plumbing import atomic_write_text, model_device, rng_devices, save_figure
 from .ppo import (PPOConfig, PolicyAndValue, batched_forward, forward_logprobs_values, generation_autocast,
-                              rollout, score)
+                              prompt_collator, rollout, score)
 from .reward import wilson_interval
 
 # %% ../nbs/07_evaluation.ipynb #eb85f5dc
@@ -81,8 +80,7 @@ def answer_kl(policy, ref_policy, batch: dict, temperature: float = 1.0, rows_pe
 
 def prompt_lengths(tokenizer, prompts: Sequence[str], config: PPOConfig, policy) -> torch.Tensor:
     "Each prompt's length in tokens as `rollout` formats and truncates it (prompts,)."
-    collate = PromptCollator(tokenizer, config.max_prompt_length, config.max_new_tokens, context_length(policy))
-    return collate([{"prompt": p} for p in prompts])["attention_mask"].sum(1)
+    return prompt_collator(tokenizer, config, policy)([{"prompt": p} for p in prompts])["attention_mask"].sum(1)
 
 @torch.no_grad()
 def sample_answers(

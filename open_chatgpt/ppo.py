@@ -8,8 +8,8 @@ __all__ = ['GENERATION_DTYPES', 'SAMPLERS', 'DROPOUT_FIELDS', 'MINIBATCH_STATS',
            'reward_critic_problem', 'PolicyAndValue', 'AdapterDisabled', 'lora_trained', 'fresh_lora',
            'make_ppo_models', 'truncate_after_eos', 'sample_next', 'inverse_cdf_sample', 'logits_to_keep_kw',
            'cache_kw', 'sample_tokens', 'unique_prompts', 'resolve_generation_dtype', 'generation_autocast',
-           'update_autocast', 'rollout', 'same_tokenizer', 'reward_model_fn', 'sentiment_reward_fn', 'takes_batch',
-           'score', 'forward_logprobs_values', 'batched_forward', 'forward_in_order', 'reused_rows',
+           'update_autocast', 'prompt_collator', 'rollout', 'same_tokenizer', 'reward_model_fn', 'sentiment_reward_fn',
+           'takes_batch', 'score', 'forward_logprobs_values', 'batched_forward', 'forward_in_order', 'reused_rows',
            'old_logprobs_values', 'advantages_and_returns', 'kl_per_response', 'ppo_minibatch_loss', 'hf_models',
            'check_checkpointing', 'set_checkpointing', 'checkpointing', 'ppo_minibatch_backward', 'ppo_update',
            'mean_stats', 'ppo_step', 'prompt_batch', 'RunningMoments', 'scale_scores', 'make_kl_controller',
@@ -431,6 +431,10 @@ def update_autocast(config, model: nn.Module):
     return generation_autocast(getattr(config, "train_dtype", "float32"), model_device(model), model)
 
 # %% ../nbs/06_ppo.ipynb #3e68f5f3
+def prompt_collator(tokenizer, config: PPOConfig, policy) -> PromptCollator:
+    "How `rollout` formats, cuts (from the left) and left-pads prompts: `config`'s lengths within `policy`'s context."
+    return PromptCollator(tokenizer, config.max_prompt_length, config.max_new_tokens, context_length(policy))
+
 @torch.no_grad()
 def rollout(
     policy,  # a causal LM (or a PolicyAndValue: its actor generates)
@@ -442,7 +446,7 @@ def rollout(
 ) -> dict:
     "Sample one response per prompt (`sample_tokens`); left-padded queries, responses cut after their first EOS."
     policy = policy.policy if isinstance(policy, PolicyAndValue) else policy
-    collate = PromptCollator(tokenizer, config.max_prompt_length, config.max_new_tokens, context_length(policy))
+    collate = prompt_collator(tokenizer, config, policy)
     distinct, index = unique_prompts(prompts)                                        # a repeated prompt is prefilled once
     batch = collate([{"prompt": p} for p in distinct])
     device = model_device(policy)
